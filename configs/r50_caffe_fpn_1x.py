@@ -1,0 +1,32 @@
+"""python train.py --config=configs/r50_caffe_fpn_1x.py
+
+Eval:    python eval.py --config configs/r50_caffe_fpn_1x.py --checkpoint CKPT
+Convert: python -m maskrcnn_jax.convert --config configs/r50_caffe_fpn_1x.py \
+             --checkpoint <mmdet .pth> --out DIR
+
+Mask R-CNN R-50-FPN, caffe style (BGR input, mean only, frozen BN); 1x (12
+epochs, lr x0.1 after epochs 8 and 11); single scale (1333, 800), bitmap GT
+masks.
+
+MMDetection 3.x config: configs/mask_rcnn/mask-rcnn_r50-caffe_fpn_1x_coco.py
+Checkpoint: mask_rcnn_r50_caffe_fpn_1x_coco_bbox_mAP-0.38__segm_mAP-0.344_20200504_231812-0ebd1859.pth
+  https://download.openmmlab.com/mmdetection/v2.0/mask_rcnn/mask_rcnn_r50_caffe_fpn_1x_coco/mask_rcnn_r50_caffe_fpn_1x_coco_bbox_mAP-0.38__segm_mAP-0.344_20200504_231812-0ebd1859.pth
+Reported (COCO val2017): box AP 38.0, mask AP 34.4.
+"""
+
+from maskrcnn_jax.config import (
+    MMDET_URL_ROOT, base_config, set_backbone, set_schedule)
+
+
+def get_config():
+  c = base_config()
+  c.name = 'r50_caffe_fpn_1x'
+  c.mmdet.config = 'mask-rcnn_r50-caffe_fpn_1x_coco.py'
+  c.mmdet.checkpoint = 'mask_rcnn_r50_caffe_fpn_1x_coco_bbox_mAP-0.38__segm_mAP-0.344_20200504_231812-0ebd1859.pth'
+  c.mmdet.url = f'{MMDET_URL_ROOT}/mask_rcnn/mask_rcnn_r50_caffe_fpn_1x_coco/{c.mmdet.checkpoint}'
+  c.mmdet.box_ap, c.mmdet.mask_ap = 38.0, 34.4
+  set_backbone(
+      c, depth=50, style='caffe', norm_requires_grad=False,
+      init_backbone='open-mmlab://detectron2/resnet50_caffe')
+  set_schedule(c, epochs=12, milestones=(8, 11))
+  return c

@@ -1,0 +1,297 @@
+"""Shared configuration base for every model-zoo row, and config loading.
+
+Each file in `configs/` is a thin `get_config()` that starts from
+`base_config()` and changes the few fields its MMDetection row changes
+(backbone, normalisation, schedule, training scales).
+
+Conventions that hold across the whole project:
+  * `model.num_classes` counts foreground classes only (80 for COCO); the box
+    classifier has `num_classes + 1` outputs with background LAST, as in
+    MMDetection >= 2.0.
+  * Boxes are XYXY in absolute pixels; images are NHWC.
+"""
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Optional, Sequence
+
+import ml_collections
+
+# Normalisation of each backbone style (MMDetection `DetDataPreprocessor`).
+PYTORCH_STYLE_INPUT = dict(
+    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), bgr_to_rgb=True)
+CAFFE_STYLE_INPUT = dict(
+    mean=(103.530, 116.280, 123.675), std=(1.0, 1.0, 1.0), bgr_to_rgb=False)
+# Detectron2/FAIR ResNeXt-101-32x8d weights: BGR input with a std.
+CAFFE2_X101_INPUT = dict(
+    mean=(103.530, 116.280, 123.675), std=(57.375, 57.120, 58.395),
+    bgr_to_rgb=False)
+
+# Short sides of the "choice of 6" multi-scale recipe (RandomChoiceResize).
+MS_CHOICE_SHORT_SIDES = (640, 672, 704, 736, 768, 800)
+
+# Bounds of the "range" multi-scale recipe (RandomResize): short side uniform
+# integer in [640, 800], long side <= 1333.
+MS_RANGE_SCALES = ((1333, 640), (1333, 800))
+
+MMDET_URL_ROOT = 'https://download.openmmlab.com/mmdetection/v2.0'
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """R-50-FPN pytorch-style 1x recipe; every row derives from this."""
+  c = ml_collections.ConfigDict()
+  c.name = 'r50_fpn_1x'
+
+  # Where the row comes from (filled by each row file).
+  c.mmdet = ml_collections.ConfigDict(dict(
+      config='mask-rcnn_r50_fpn_1x_coco.py',
+      checkpoint='',
+      url='',
+      box_ap=0.0,
+      mask_ap=0.0,
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      num_classes=80,
+      # Compute dtype: 'float32' (reference parity), 'bfloat16' or 'float16'.
+      dtype='float32',
+      # Matmul/conv precision: 'highest' keeps float32 exact on GPUs/TPUs
+      # (no TF32); 'default' lets XLA pick faster, less precise passes.
+      precision='highest',
+      backbone=dict(
+          depth=50,            # 50 or 101
+          groups=1,            # ResNeXt cardinality; 1 = ResNet
+          base_width=4,        # ResNeXt width per group
+          style='pytorch',     # 'pytorch': stride on 3x3; 'caffe': on first 1x1
+          frozen_stages=1,     # stem + layer1 frozen
+          norm_eval=True,      # BN always in inference mode
+          norm_requires_grad=True,  # BN gamma/beta trainable (layers 2-4)
+          norm_eps=1e-5,
+      ),
+      neck=dict(
+          in_channels=(256, 512, 1024, 2048),
+          out_channels=256,
+          num_outs=5,
+      ),
+      rpn=dict(
+          feat_channels=256,
+          anchor_strides=(4, 8, 16, 32, 64),
+          anchor_scales=(8.0,),
+          anchor_ratios=(0.5, 1.0, 2.0),
+          target_stds=(1.0, 1.0, 1.0, 1.0),
+      ),
+      roi=dict(
+          featmap_strides=(4, 8, 16, 32),
+          finest_scale=56,
+          box_roi_size=7,
+          mask_roi_size=14,
+          fc_channels=1024,
+          num_shared_fcs=2,
+          bbox_target_stds=(0.1, 0.1, 0.2, 0.2),
+          num_mask_convs=4,
+          mask_channels=256,
+          # RoIs are processed in chunks of this many; each chunk picks the
+          # smallest exact gather window that covers its RoIs.
+          roi_align_chunk=128,
+      ),
+  ))
+
+  # Input pipeline shared by test and train.
+  c.input = ml_collections.ConfigDict(dict(
+      mean=PYTORCH_STYLE_INPUT['mean'],
+      std=PYTORCH_STYLE_INPUT['std'],
+      bgr_to_rgb=PYTORCH_STYLE_INPUT['bgr_to_rgb'],
+      test_scale=(1333, 800),   # (long, short) keep-ratio resize bound
+      size_divisor=32,
+      # Fixed padded canvases (H, W); an image goes onto the first that fits.
+      canvases=((800, 1344), (1344, 800)),
+  ))
+
+  # MMDetection test_cfg.
+  c.test = ml_collections.ConfigDict(dict(
+      rpn_nms_pre=1000,
+      rpn_max_per_img=1000,
+      rpn_nms_iou=0.7,
+      rpn_min_bbox_size=0.0,
+      score_thr=0.05,
+      nms_iou=0.5,
+      max_per_img=100,
+      mask_thr_binary=0.5,
+      # Class-wise NMS runs on the best `max_candidates` (roi, class) pairs
+      # above score_thr; exact whenever fewer candidates pass score_thr, or
+      # when max_per_img boxes survive among them.
+      max_candidates=4096,
+  ))
+
+  # MMDetection train_cfg and data recipe.
+  c.train = ml_collections.ConfigDict(dict(
+      # Data augmentation.
+      scale_mode='fixed',        # 'fixed' | 'choice' | 'range'
+      scales=((1333, 800),),     # (long, short); 'range' uses [min, max] short
+      flip_prob=0.5,
+      mask_format='bitmap',      # 'bitmap' (poly2mask) | 'polygon'
+      max_instances=100,
+      # RPN targets.
+      rpn_pos_iou=0.7,
+      rpn_neg_iou=0.3,
+      rpn_min_pos_iou=0.3,
+      rpn_num_samples=256,
+      rpn_pos_fraction=0.5,
+      rpn_proposal_nms_pre=2000,
+      rpn_proposal_max_per_img=1000,
+      rpn_proposal_nms_iou=0.7,
+      # R-CNN targets.
+      rcnn_pos_iou=0.5,
+      rcnn_neg_iou=0.5,
+      rcnn_min_pos_iou=0.5,
+      rcnn_num_samples=512,
+      rcnn_pos_fraction=0.25,
+      mask_size=28,
+      # Optimisation (SGD, linear scaling from a global batch of 16).
+      global_batch_size=16,
+      base_lr=0.02,
+      base_batch_size=16,
+      scale_lr=True,
+      momentum=0.9,
+      weight_decay=1e-4,
+      warmup_iters=500,
+      warmup_ratio=0.001,
+      epochs=12,
+      milestones=(8, 11),        # 0-based epochs after which lr *= 0.1
+      dataset_repeats=1,         # RepeatDataset(times) of the 3x recipes
+      # Mixed precision: loss scale for float16 ('dynamic' or a number).
+      loss_scale='dynamic',
+      init_backbone='torchvision://resnet50',
+  ))
+
+  # COCO 2017 by default.
+  c.data = ml_collections.ConfigDict(dict(
+      root='data/coco',
+      train_ann='data/coco/annotations/instances_train2017.json',
+      train_images='data/coco/train2017',
+      val_ann='data/coco/annotations/instances_val2017.json',
+      val_images='data/coco/val2017',
+  ))
+  return c
+
+
+def set_backbone(c: ml_collections.ConfigDict, *, depth: int, groups: int = 1,
+                 base_width: int = 4, style: str = 'pytorch',
+                 norm_requires_grad: bool = True,
+                 input_norm: Optional[dict] = None,
+                 init_backbone: str = '') -> ml_collections.ConfigDict:
+  """Sets backbone, its input normalisation and its ImageNet init in place."""
+  b = c.model.backbone
+  b.depth, b.groups, b.base_width, b.style = depth, groups, base_width, style
+  b.norm_requires_grad = norm_requires_grad
+  norm = input_norm or (CAFFE_STYLE_INPUT if style == 'caffe'
+                        else PYTORCH_STYLE_INPUT)
+  c.input.mean, c.input.std = norm['mean'], norm['std']
+  c.input.bgr_to_rgb = norm['bgr_to_rgb']
+  if init_backbone:
+    c.train.init_backbone = init_backbone
+  return c
+
+
+def set_schedule(c: ml_collections.ConfigDict, epochs: int,
+                 milestones: Sequence[int],
+                 repeats: int = 1) -> ml_collections.ConfigDict:
+  """Epoch-based MultiStepLR schedule, optionally over a RepeatDataset."""
+  c.train.epochs = epochs
+  c.train.milestones = tuple(milestones)
+  c.train.dataset_repeats = repeats
+  return c
+
+
+def set_train_scales(c: ml_collections.ConfigDict,
+                     mode: str) -> ml_collections.ConfigDict:
+  """Sets the training resize recipe: 'fixed', 'choice' or 'range'.
+
+  'fixed': (1333, 800). 'choice': RandomChoiceResize over
+  MS_CHOICE_SHORT_SIDES (2.x multiscale_mode='value'). 'range': RandomResize
+  with the short side uniform in [640, 800] (2.x multiscale_mode='range').
+  """
+  if mode == 'fixed':
+    scales = ((1333, 800),)
+  elif mode == 'choice':
+    scales = tuple((1333, s) for s in MS_CHOICE_SHORT_SIDES)
+  elif mode == 'range':
+    scales = MS_RANGE_SCALES
+  else:
+    raise ValueError(
+        f"unknown scale mode {mode!r}: 'fixed', 'choice' or 'range'")
+  c.train.scale_mode, c.train.scales = mode, scales
+  return c
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Applies 'a.b.c=value' strings in place; values parsed as Python literals.
+
+  Raises:
+    KeyError: a key does not exist (the message names it and suggests
+      close matches).
+    ValueError: malformed override or a value of the wrong type.
+  """
+  for item in overrides:
+    if '=' not in item:
+      raise ValueError(f'config override {item!r} is not of the form '
+                       'key=value')
+    key, raw = item.split('=', 1)
+    key = key.strip()
+    if key.startswith('config.'):
+      key = key[len('config.'):]
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *parents, leaf = key.split('.')
+    node = config
+    for depth, name in enumerate(parents + [leaf]):
+      if name not in node:
+        prefix = '.'.join(parents[:depth])
+        close = difflib.get_close_matches(name, list(node.keys()), n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise KeyError(f'unknown config key {key!r} (no {name!r} in '
+                       f'{prefix or "config"}){hint}')
+      if depth < len(parents):
+        node = node[name]
+    current = node[leaf]
+    if isinstance(current, (tuple, list)) and isinstance(value, list):
+      value = tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not (
+        isinstance(value, bool)):
+      value = float(value)
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise ValueError(f'config override {key}={raw!r}: {e}') from None
+  return config
+
+
+def load_config(path: str, overrides: Sequence[str] = (),
+                lock: bool = True) -> ml_collections.ConfigDict:
+  """Imports a config file, applies overrides and returns it locked.
+
+  A locked config rejects new keys, so a typo fails instead of silently
+  adding a field.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    AttributeError: the file has no `get_config`.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file not found: {path}')
+  name = '_maskrcnn_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise AttributeError(f'{path} defines no get_config()')
+  config = module.get_config()
+  apply_overrides(config, overrides)
+  if lock:
+    config.lock()
+  return config

@@ -1,0 +1,25 @@
+"""Checkpoint conversion: MMDetection `.pth` files -> Flax variables.
+
+`python -m maskrcnn_jax.convert --config CONFIG --checkpoint X.pth --out DIR`
+writes an inference checkpoint (see `maskrcnn_jax.checkpoint`).
+
+Nothing here imports torch at import time; `read_pth` imports it lazily.
+"""
+
+from maskrcnn_jax.convert.mmdet import backbone_state_dict_to_variables
+from maskrcnn_jax.convert.mmdet import check_variables
+from maskrcnn_jax.convert.mmdet import CheckpointMismatchError
+from maskrcnn_jax.convert.mmdet import class_names_from_meta
+from maskrcnn_jax.convert.mmdet import conversion_plan
+from maskrcnn_jax.convert.mmdet import count_parameters
+from maskrcnn_jax.convert.mmdet import state_dict_to_variables
+from maskrcnn_jax.convert.mmdet import variables_to_state_dict
+from maskrcnn_jax.convert.pth import CheckpointFormatError
+from maskrcnn_jax.convert.pth import read_pth
+
+__all__ = [
+    'backbone_state_dict_to_variables', 'check_variables',
+    'CheckpointFormatError', 'CheckpointMismatchError',
+    'class_names_from_meta', 'conversion_plan', 'count_parameters',
+    'read_pth', 'state_dict_to_variables', 'variables_to_state_dict',
+]

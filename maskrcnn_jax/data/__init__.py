@@ -1,0 +1,1 @@
+"""Data: COCO-format reading, class names."""

@@ -1,0 +1,1 @@
+"""Flax modules of Mask R-CNN; parameter paths mirror MMDetection's keys."""

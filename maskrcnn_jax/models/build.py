@@ -1,0 +1,85 @@
+"""Builds a `MaskRCNN` from a config; the only place that reads config.model."""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from maskrcnn_jax.models import mask_rcnn
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+           'float16': jnp.float16}
+_PRECISIONS = {'default': None, 'high': jax.lax.Precision.HIGH,
+               'highest': jax.lax.Precision.HIGHEST}
+
+
+def compute_dtype(name: str):
+  if name not in _DTYPES:
+    raise ValueError(f'model.dtype must be one of {sorted(_DTYPES)}, '
+                     f'got {name!r}')
+  return _DTYPES[name]
+
+
+def test_config(config: ml_collections.ConfigDict) -> mask_rcnn.TestConfig:
+  t = config.test
+  return mask_rcnn.TestConfig(
+      rpn_nms_pre=t.rpn_nms_pre, rpn_max_per_img=t.rpn_max_per_img,
+      rpn_nms_iou=t.rpn_nms_iou, rpn_min_bbox_size=t.rpn_min_bbox_size,
+      score_thr=t.score_thr, nms_iou=t.nms_iou, max_per_img=t.max_per_img,
+      max_candidates=t.max_candidates)
+
+
+def input_config(config: ml_collections.ConfigDict) -> mask_rcnn.InputConfig:
+  i = config.input
+  return mask_rcnn.InputConfig(mean=tuple(i.mean), std=tuple(i.std),
+                               bgr_to_rgb=bool(i.bgr_to_rgb))
+
+
+def build_model(config: ml_collections.ConfigDict,
+                dtype: Optional[str] = None) -> mask_rcnn.MaskRCNN:
+  """MaskRCNN module for `config` (compute dtype overridable)."""
+  m = config.model
+  b, n, r, roi = m.backbone, m.neck, m.rpn, m.roi
+  precision = m.get('precision', 'highest')
+  if precision not in _PRECISIONS:
+    raise ValueError(f'model.precision must be one of {sorted(_PRECISIONS)},'
+                     f' got {precision!r}')
+  if tuple(n.in_channels) != tuple(256 * 2 ** i for i in range(4)):
+    raise ValueError(f'model.neck.in_channels {tuple(n.in_channels)} does '
+                     'not match a ResNet/ResNeXt backbone (256, ..., 2048)')
+  return mask_rcnn.MaskRCNN(
+      num_classes=m.num_classes, depth=b.depth, groups=b.groups,
+      base_width=b.base_width, style=b.style, norm_eps=b.norm_eps,
+      neck_channels=n.out_channels, num_outs=n.num_outs,
+      anchor_strides=tuple(r.anchor_strides),
+      anchor_scales=tuple(r.anchor_scales),
+      anchor_ratios=tuple(r.anchor_ratios), rpn_channels=r.feat_channels,
+      roi_strides=tuple(roi.featmap_strides), finest_scale=roi.finest_scale,
+      box_roi_size=roi.box_roi_size, mask_roi_size=roi.mask_roi_size,
+      fc_channels=roi.fc_channels, num_shared_fcs=roi.num_shared_fcs,
+      num_mask_convs=roi.num_mask_convs, mask_channels=roi.mask_channels,
+      bbox_stds=tuple(roi.bbox_target_stds),
+      roi_align_chunk=roi.roi_align_chunk,
+      input_cfg=input_config(config), test_cfg=test_config(config),
+      dtype=compute_dtype(dtype or m.dtype),
+      precision=_PRECISIONS[precision])
+
+
+def _dummy_inputs(batch: int = 1, size: int = 64):
+  return (jnp.zeros((batch, size, size, 3), jnp.uint8),
+          jnp.full((batch, 2), size, jnp.int32),
+          jnp.full((batch, 2), size, jnp.int32))
+
+
+def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
+  """Randomly initialised variables {'params', 'batch_stats'}."""
+  model = build_model(config)
+  return model.init(rng, *_dummy_inputs())
+
+
+def abstract_variables(config: ml_collections.ConfigDict):
+  """Shapes/dtypes (jax.ShapeDtypeStruct) of the model's variables."""
+  model = build_model(config)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           *_dummy_inputs()))

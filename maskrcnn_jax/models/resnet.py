@@ -1,0 +1,141 @@
+"""ResNet / ResNeXt backbones in MMDetection's pytorch and caffe styles.
+
+Parameter paths mirror MMDetection: `conv1`, `bn1`, `layer{s}/{b}/conv{k}`,
+`layer{s}/{b}/bn{k}`, `layer{s}/0/downsample/{0,1}`.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from maskrcnn_jax.models import layers
+
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+class Downsample(nn.Module):
+  """1x1 strided conv + BN shortcut, named `0` and `1` as nn.Sequential."""
+  features: int
+  stride: int
+  norm_eps: float
+  dtype: Any
+  precision: Any
+
+  @nn.compact
+  def __call__(self, x):
+    x = layers.conv(self.features, 1, self.stride, dtype=self.dtype,
+                    precision=self.precision, name='0')(x)
+    return layers.FrozenBatchNorm(self.norm_eps, self.dtype, name='1')(x)
+
+
+class Bottleneck(nn.Module):
+  """Bottleneck block; `style` decides which conv carries the stride.
+
+  Attributes:
+    planes: base width of the block; output has 4 * planes channels.
+    stride: 1 or 2.
+    groups, base_width: ResNeXt cardinality and group width.
+    style: 'pytorch' (stride on the 3x3) or 'caffe' (on the first 1x1).
+    in_stride: stride of the block input w.r.t. the image (for masking).
+  """
+  planes: int
+  stride: int
+  groups: int
+  base_width: int
+  style: str
+  downsample: bool
+  in_stride: int
+  norm_eps: float = 1e-5
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x, pad_hw):
+    if self.groups == 1:
+      width = self.planes
+    else:
+      width = (self.planes * self.base_width // 64) * self.groups
+    s1, s2 = (1, self.stride) if self.style == 'pytorch' else (self.stride, 1)
+    kw = dict(dtype=self.dtype, precision=self.precision)
+    bn = lambda name: layers.FrozenBatchNorm(self.norm_eps, self.dtype,
+                                             name=name)
+    out = layers.conv(width, 1, s1, name='conv1', **kw)(x)
+    out = nn.relu(bn('bn1')(out))
+    out = layers.mask_padding(out, pad_hw, self.in_stride * s1)
+    out = layers.conv(width, 3, s2, groups=self.groups, name='conv2',
+                      **kw)(out)
+    out = nn.relu(bn('bn2')(out))
+    out = layers.conv(4 * self.planes, 1, name='conv3', **kw)(out)
+    out = bn('bn3')(out)
+    if self.downsample:
+      x = Downsample(4 * self.planes, self.stride, self.norm_eps, self.dtype,
+                     self.precision, name='downsample')(x)
+    return nn.relu(out + x)
+
+
+class ResLayer(nn.Module):
+  """One stage `layer{s}`: blocks named '0', '1', ..."""
+  num_blocks: int
+  planes: int
+  stride: int
+  in_stride: int
+  block_kwargs: Any
+
+  @nn.compact
+  def __call__(self, x, pad_hw):
+    for b in range(self.num_blocks):
+      first = b == 0
+      x = Bottleneck(
+          planes=self.planes, stride=self.stride if first else 1,
+          downsample=first,
+          in_stride=self.in_stride if first else self.in_stride * self.stride,
+          name=str(b), **self.block_kwargs)(x, pad_hw)
+    return x
+
+
+class ResNet(nn.Module):
+  """ResNet/ResNeXt returning C2..C5 (strides 4, 8, 16, 32), NHWC.
+
+  Attributes:
+    depth: 50, 101 or 152.
+    groups, base_width: ResNeXt settings (groups=1 -> ResNet).
+    style: 'pytorch' or 'caffe'.
+  """
+  depth: int = 50
+  groups: int = 1
+  base_width: int = 4
+  style: str = 'pytorch'
+  norm_eps: float = 1e-5
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x, pad_hw=None):
+    """x: (B, H, W, 3) normalised image; pad_hw: (B, 2) or None."""
+    if self.style not in ('pytorch', 'caffe'):
+      raise ValueError(f"backbone style must be 'pytorch' or 'caffe', "
+                       f'got {self.style!r}')
+    if self.depth not in STAGE_BLOCKS:
+      raise ValueError(f'ResNet depth must be one of {sorted(STAGE_BLOCKS)},'
+                       f' got {self.depth}')
+    x = x.astype(self.dtype)
+    x = layers.conv(64, 7, 2, dtype=self.dtype, precision=self.precision,
+                    name='conv1')(x)
+    x = layers.FrozenBatchNorm(self.norm_eps, self.dtype, name='bn1')(x)
+    x = nn.relu(x)
+    # Post-ReLU values are >= 0, so zeroed padding equals -inf padding.
+    x = layers.mask_padding(x, pad_hw, 2)
+    x = layers.max_pool_3x3_s2(x)
+    block_kwargs = dict(groups=self.groups, base_width=self.base_width,
+                        style=self.style, norm_eps=self.norm_eps,
+                        dtype=self.dtype, precision=self.precision)
+    outs = []
+    in_stride = 4
+    for s, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
+      stride = 1 if s == 0 else 2
+      x = ResLayer(num_blocks, 64 * 2 ** s, stride, in_stride, block_kwargs,
+                   name=f'layer{s + 1}')(x, pad_hw)
+      in_stride *= stride
+      outs.append(x)
+    return outs

@@ -1,0 +1,1 @@
+"""Pure jax/numpy ops. Boxes are XYXY in absolute pixels, float32."""

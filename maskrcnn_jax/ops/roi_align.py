@@ -1,0 +1,307 @@
+"""Multi-level RoIAlign with mmcv semantics (aligned=True, adaptive sampling).
+
+mmcv's RoIAlign averages, per output bin, `grid_h x grid_w` bilinear samples
+where `grid = ceil(roi_size / output_size)` depends on the RoI, so the number
+of samples is data dependent. Bilinear sampling is separable, so for one RoI
+
+    out[ph, pw, c] = sum_{y, x} Ay[ph, y] * Ax[pw, x] * F[y, x, c]
+
+with per-axis weights Ay (sum of the bilinear "hat" weights of the bin's
+samples, divided by grid_h) and likewise Ax. This is exact (up to float
+summation order) for any sample count.
+
+Ay and Ax are non-zero only on a window of about (roi_h + 2) x (roi_w + 2)
+feature cells. The window is gathered into a fixed-size buffer of s*s cells
+laid out as (major, minor) with a power-of-two minor length m: k = major * m
++ minor. Viewing the buffer as (s, s) = (a, b), the minor index is b % m and
+the major index a * (s // m) + b // m, so the contraction stays two cheap
+einsums whatever the RoI's aspect ratio. RoIs are sorted by the window they
+need and processed in chunks; each chunk uses the smallest of a few window
+sizes ("tiers") that covers all its RoIs, chosen with `lax.switch`, so the
+work follows the real RoI sizes while every shape stays static.
+
+Level assignment is MMDetection's `SingleRoIExtractor.map_roi_levels`:
+`floor(log2(sqrt(w * h) / finest_scale + 1e-6))` clamped to the levels.
+"""
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_TIERS = (8, 16, 32, 64)
+
+
+def map_roi_levels(boxes, num_levels: int, finest_scale: float = 56.):
+  """(..., 4) XYXY boxes -> (...,) int32 pyramid level in [0, num_levels)."""
+  scale = jnp.sqrt((boxes[..., 2] - boxes[..., 0]) *
+                   (boxes[..., 3] - boxes[..., 1]))
+  lvl = jnp.floor(jnp.log2(scale / finest_scale + 1e-6))
+  lvl = jnp.where(jnp.isnan(lvl), 0, lvl)
+  return jnp.clip(lvl, 0, num_levels - 1).astype(jnp.int32)
+
+
+def _next_pow2(x):
+  """Elementwise smallest power of two >= x (x >= 1), int32."""
+  x = jnp.maximum(x, 1)
+  return (2 ** jnp.ceil(jnp.log2(x.astype(jnp.float32)))).astype(jnp.int32)
+
+
+def _axis_geometry(lo, hi, scale, out_size, size):
+  """Sampling geometry of one axis (mmcv roi_align, aligned=True).
+
+  Args:
+    lo, hi: (R,) box edges in image pixels.
+    scale: (R,) spatial scale 1 / stride.
+    out_size: number of output bins.
+    size: (R,) int valid feature-map length on this axis.
+
+  Returns:
+    start (R,), bin size (R,), grid (R,) int samples per bin, window origin
+    (R,) int and the number of cells the window needs (R,) int.
+  """
+  start = lo * scale - 0.5
+  end = hi * scale - 0.5
+  length = end - start
+  bin_size = length / out_size
+  grid = jnp.ceil(length / out_size).astype(jnp.int32)
+  last = size - 1
+  origin = jnp.clip(jnp.floor(start).astype(jnp.int32), 0, last)
+  stop = jnp.clip(jnp.floor(end).astype(jnp.int32) + 1, 0, last)
+  need = jnp.maximum(stop - origin + 1, 1)
+  return start, bin_size, grid, origin, need
+
+
+def _axis_weights(start, bin_size, grid, origin, size, out_size: int,
+                  max_grid: int, length: int):
+  """Per-axis interpolation weights A[r, p, j] on the window cells.
+
+  A[r, p, j] = (1 / grid) * sum over the bin's samples of the bilinear
+  weight of cell origin + j, with mmcv's border rules: samples outside
+  [-1, size] contribute nothing, coordinates are clamped to >= 0, and a
+  sample at or past the last cell puts all its weight there.
+
+  Returns:
+    (R, out_size, length) float32.
+  """
+  r = start.shape[0]
+  p = jnp.arange(out_size, dtype=jnp.float32)[None, :, None]
+  i = jnp.arange(max_grid, dtype=jnp.int32)[None, None, :]
+  grid_f = grid.astype(jnp.float32)[:, None, None]
+  bin_size = bin_size[:, None, None]
+  # Same float32 evaluation order as mmcv's CPU kernel.
+  y = (start[:, None, None] + p * bin_size) + (
+      (i.astype(jnp.float32) + 0.5) * bin_size) / grid_f
+  size_f = size.astype(jnp.float32)[:, None, None]
+  size_i = size[:, None, None]
+  in_grid = i < grid[:, None, None]
+  valid = in_grid & (y >= -1.0) & (y <= size_f)
+  y = jnp.maximum(y, 0.0)
+  low = jnp.floor(y).astype(jnp.int32)
+  at_end = low >= size_i - 1
+  low = jnp.where(at_end, size_i - 1, low)
+  high = jnp.where(at_end, size_i - 1, low + 1)
+  y = jnp.where(at_end, low.astype(jnp.float32), y)
+  frac = y - low.astype(jnp.float32)
+  w_low = jnp.where(valid, 1.0 - frac, 0.0)
+  w_high = jnp.where(valid, frac, 0.0)
+  inv = 1.0 / jnp.maximum(grid_f, 1.0)
+  w_low, w_high = w_low * inv, w_high * inv
+  origin = origin[:, None, None]
+  rows = jnp.broadcast_to(jnp.arange(r)[:, None, None], low.shape)
+  bins = jnp.broadcast_to(jnp.arange(out_size)[None, :, None], low.shape)
+  weights = jnp.zeros((r, out_size, length), jnp.float32)
+  weights = weights.at[rows, bins, low - origin].add(w_low, mode='drop')
+  weights = weights.at[rows, bins, high - origin].add(w_high, mode='drop')
+  return weights
+
+
+def _tier_fits(need_y, need_x, side: int):
+  """Whether a window of need_y x need_x cells fits an s*s tier buffer."""
+  minor = _next_pow2(jnp.minimum(need_y, need_x))
+  major = jnp.maximum(need_y, need_x)
+  return (minor <= side) & (minor * major <= side * side)
+
+
+def _align_chunk(flat_features, geom, side: int, out_size: int,
+                 max_grid: int, precision):
+  """RoIAlign of one chunk of RoIs with an s*s window buffer.
+
+  Args:
+    flat_features: (B * T, C) all levels of all images, flattened.
+    geom: dict of (R,) per-RoI arrays (see `multilevel_roi_align`).
+    side: s, the tier's buffer side.
+
+  Returns:
+    (R, out_size, out_size, C).
+  """
+  n_cells = side * side
+  tall = geom['need_y'] >= geom['need_x']
+  minor_len = _next_pow2(jnp.minimum(geom['need_y'], geom['need_x']))
+  minor_len = jnp.minimum(minor_len, side)
+  k = jnp.arange(n_cells, dtype=jnp.int32)[None, :]
+  m = minor_len[:, None]
+  major_idx = k // m
+  minor_idx = k % m
+  dy = jnp.where(tall[:, None], major_idx, minor_idx)
+  dx = jnp.where(tall[:, None], minor_idx, major_idx)
+  rows = jnp.minimum(geom['y0'][:, None] + dy, geom['map_h'][:, None] - 1)
+  cols = jnp.minimum(geom['x0'][:, None] + dx, geom['map_w'][:, None] - 1)
+  index = geom['base'][:, None] + rows * geom['map_w'][:, None] + cols
+  window = jnp.take(flat_features, index, axis=0)  # (R, s*s, C)
+  window = window.reshape(-1, side, side, window.shape[-1])
+
+  max_major = n_cells
+  wy = _axis_weights(geom['start_y'], geom['bin_y'], geom['grid_y'],
+                     geom['y0'], geom['size_y'], out_size, max_grid,
+                     max_major)
+  wx = _axis_weights(geom['start_x'], geom['bin_x'], geom['grid_x'],
+                     geom['x0'], geom['size_x'], out_size, max_grid,
+                     max_major)
+  w_major = jnp.where(tall[:, None, None], wy, wx)  # (R, P, s*s)
+  w_minor = jnp.where(tall[:, None, None], wx, wy)[..., :side]  # (R, P, s)
+  a = jnp.arange(side)[:, None]
+  b = jnp.arange(side)[None, :]
+  m3 = minor_len[:, None, None]
+  major_of_ab = a[None] * (side // m3) + b[None] // m3  # (R, s, s)
+  minor_of_b = jnp.arange(side)[None, :] % minor_len[:, None]  # (R, s)
+  w_major_ab = jnp.take_along_axis(
+      w_major, major_of_ab.reshape(-1, 1, n_cells), axis=2).reshape(
+          -1, out_size, side, side)
+  w_minor_b = jnp.take_along_axis(w_minor, minor_of_b[:, None, :], axis=2)
+  dtype = flat_features.dtype
+  partial = jnp.einsum('rpab,rabc->rpbc', w_major_ab.astype(dtype), window,
+                       precision=precision)
+  out = jnp.einsum('rpbc,rqb->rpqc', partial, w_minor_b.astype(dtype),
+                   precision=precision)
+  # out is (major bin, minor bin); put rows first for wide RoIs.
+  return jnp.where(tall[:, None, None, None], out,
+                   jnp.swapaxes(out, 1, 2))
+
+
+def required_top_tier(canvas_maps: Sequence[Sequence[int]],
+                      strides: Sequence[int], finest_scale: float) -> int:
+  """Smallest power-of-two side whose s*s buffer covers any RoI window.
+
+  A window of `a` cells needs a RoI longer than a - 3 cells on that axis.
+  RoIs on level l < L-1 have sqrt(area) < finest_scale * 2**(l+1) pixels
+  (the level rule), which bounds the major axis given the minor one; the top
+  level is bounded by its map only. The bound is conservative.
+  """
+  need = 1
+  for lvl, ((h, w), stride) in enumerate(zip(canvas_maps, strides)):
+    longest = max(h, w)
+    bounded = lvl < len(strides) - 1
+    max_area = (finest_scale * 2 ** (lvl + 1) / stride) ** 2
+    for minor in range(1, longest + 1):
+      major = longest
+      if bounded and minor > 3:
+        major = min(major, math.floor(max_area / (minor - 3)) + 3)
+      if major < minor:
+        continue
+      need = max(need, (1 << (minor - 1).bit_length()) * major)
+  side = 1
+  while side * side < need:
+    side *= 2
+  return side
+
+
+def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
+                         valid_hw, *, output_size: int,
+                         strides: Sequence[int], finest_scale: float = 56.,
+                         chunk_size: int = 128,
+                         tiers: Sequence[int] = DEFAULT_TIERS,
+                         precision=jax.lax.Precision.HIGHEST):
+  """mmcv RoIAlign(aligned=True, sampling_ratio=0, 'avg') over FPN levels.
+
+  Args:
+    features: L arrays (B, H_l, W_l, C), NHWC, on the padded canvas.
+    boxes: (R, 4) XYXY RoIs in input-image pixels; padding RoIs may be
+      zero boxes (their output is then meaningless but finite).
+    batch_index: (R,) int32 image of each RoI.
+    valid_hw: (B, L, 2) int32 valid size of every level map per image
+      (ceil(pad_shape / stride)); the map past it is treated as absent,
+      exactly as if the image had been padded only to pad_shape.
+    output_size: P, output bins per axis (7 box head, 14 mask head).
+    strides: L feature strides.
+    finest_scale: level rule scale (56).
+    chunk_size: RoIs per chunk.
+    tiers: window buffer sides tried in order; the required top tier is
+      appended if the canvas needs a larger one.
+    precision: einsum precision (HIGHEST for float32 parity on GPUs/TPUs).
+
+  Returns:
+    (R, P, P, C) pooled features, in `features`' dtype.
+  """
+  num_levels = len(features)
+  bsz = features[0].shape[0]
+  channels = features[0].shape[-1]
+  dtype = features[0].dtype
+  maps = [f.shape[1:3] for f in features]
+  sizes = [h * w for h, w in maps]
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+  total = int(sum(sizes))
+  flat = jnp.concatenate(
+      [f.reshape(bsz, -1, channels) for f in features], axis=1)
+  flat = flat.reshape(bsz * total, channels)
+
+  top = required_top_tier(maps, strides, finest_scale)
+  tier_sides = sorted(set(t for t in tiers if t < top) | {top})
+
+  boxes = boxes.astype(jnp.float32)
+  batch_index = batch_index.astype(jnp.int32)
+  lvl = map_roi_levels(boxes, num_levels, finest_scale)
+  scale = jnp.asarray([1.0 / s for s in strides], jnp.float32)[lvl]
+  valid = jnp.asarray(valid_hw, jnp.int32)[batch_index, lvl]  # (R, 2)
+  start_y, bin_y, grid_y, y0, need_y = _axis_geometry(
+      boxes[:, 1], boxes[:, 3], scale, output_size, valid[:, 0])
+  start_x, bin_x, grid_x, x0, need_x = _axis_geometry(
+      boxes[:, 0], boxes[:, 2], scale, output_size, valid[:, 1])
+  geom = dict(
+      start_y=start_y, bin_y=bin_y, grid_y=grid_y, y0=y0, need_y=need_y,
+      size_y=valid[:, 0],
+      start_x=start_x, bin_x=bin_x, grid_x=grid_x, x0=x0, need_x=need_x,
+      size_x=valid[:, 1],
+      map_h=jnp.asarray([h for h, _ in maps], jnp.int32)[lvl],
+      map_w=jnp.asarray([w for _, w in maps], jnp.int32)[lvl],
+      base=batch_index * total + jnp.asarray(offsets)[lvl],
+  )
+  # Smallest tier per RoI, then group RoIs of similar need into chunks.
+  tier_of = jnp.full(boxes.shape[:1], len(tier_sides) - 1, jnp.int32)
+  for t in reversed(range(len(tier_sides) - 1)):
+    tier_of = jnp.where(_tier_fits(need_y, need_x, tier_sides[t]), t,
+                        tier_of)
+  num = boxes.shape[0]
+  padded = -(-num // chunk_size) * chunk_size
+  order = jnp.argsort(tier_of, stable=True)
+  pad = padded - num
+
+  def prepare(x):
+    x = x[order]
+    if pad:
+      x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+    return x.reshape((padded // chunk_size, chunk_size) + x.shape[1:])
+
+  chunks = jax.tree_util.tree_map(prepare, geom)
+  chunk_tier = prepare(tier_of).max(axis=1)
+  max_map = max(max(h, w) for h, w in maps)
+
+  branches = []
+  for side in tier_sides:
+    # Samples per bin can not exceed the window's major length / bins + 1.
+    max_grid = min(side * side, max_map + 3) // output_size + 2
+    branches.append(functools.partial(
+        _align_chunk, flat, side=side, out_size=output_size,
+        max_grid=max_grid, precision=precision))
+
+  def one_chunk(args):
+    tier, g = args
+    return jax.lax.switch(tier, branches, g)
+
+  pooled = jax.lax.map(one_chunk, (chunk_tier, chunks))
+  pooled = pooled.reshape((padded, output_size, output_size, channels))[:num]
+  inverse = jnp.argsort(order)
+  return pooled[inverse].astype(dtype)

@@ -1,0 +1,174 @@
+"""`Predictor`: numpy images in, detections at original resolution out.
+
+    predictor = Predictor.from_checkpoint(config, 'model.pth')  # or a dir
+    det = predictor(cv2.imread('image.jpg'))  # BGR uint8, as cv2 reads it
+    det.boxes, det.scores, det.labels, det.masks, det.class_names
+
+Images go onto one of the config's fixed canvases and through one jitted
+program per (canvas, batch size): any stream of images compiles at most
+`len(config.input.canvases)` programs. The batch is sharded over all local
+devices on a 1-D 'data' mesh.
+"""
+
+import dataclasses
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from maskrcnn_jax import masks as mask_ops
+from maskrcnn_jax import preprocess
+from maskrcnn_jax.models import build
+
+
+@dataclasses.dataclass
+class Detections:
+  """Detections of one image, in original-image pixels.
+
+  Attributes:
+    boxes: (N, 4) float32 XYXY.
+    scores: (N,) float32, descending.
+    labels: (N,) int32 0-based class indices.
+    masks: (N, H, W) bool at the original image size.
+    class_names: names indexed by label.
+  """
+  boxes: np.ndarray
+  scores: np.ndarray
+  labels: np.ndarray
+  masks: np.ndarray
+  class_names: Sequence[str]
+
+  def __len__(self):
+    return len(self.scores)
+
+  @property
+  def categories(self) -> List[str]:
+    return [self.class_names[i] for i in self.labels]
+
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """1-D mesh named 'data' over the given (default: all local) devices."""
+  devices = np.asarray(devices if devices is not None else jax.local_devices())
+  return jax.sharding.Mesh(devices.reshape(-1), ('data',))
+
+
+class Predictor:
+  """Batched, jitted Mask R-CNN inference with host-side mask pasting."""
+
+  def __init__(self, config: ml_collections.ConfigDict, variables,
+               class_names: Sequence[str], batch_size: int = 1,
+               mesh: Optional[jax.sharding.Mesh] = None,
+               dtype: Optional[str] = None):
+    """Args:
+      config: a model-zoo config.
+      variables: {'params', 'batch_stats'} of the model.
+      class_names: one name per class, len == config.model.num_classes.
+      batch_size: images per device step (padded when fewer remain); must
+        divide by the number of devices in `mesh`.
+      mesh: 1-D 'data' mesh; default all local devices that divide
+        batch_size.
+      dtype: compute dtype override ('float32', 'bfloat16', 'float16').
+    """
+    if len(class_names) != config.model.num_classes:
+      raise ValueError(f'{len(class_names)} class names for a model with '
+                       f'num_classes={config.model.num_classes}')
+    self.config = config
+    self.class_names = tuple(class_names)
+    self.batch_size = batch_size
+    if mesh is None:
+      devices = jax.local_devices()
+      n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+      mesh = data_mesh(devices[:n])
+    if batch_size % mesh.size:
+      raise ValueError(f'batch_size {batch_size} does not divide over '
+                       f'{mesh.size} devices')
+    self.mesh = mesh
+    self.model = build.build_model(config, dtype=dtype)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._batch_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('data'))
+    self.variables = jax.device_put(variables, replicated)
+    self._predict = jax.jit(
+        lambda v, images, image_hw, pad_hw: self.model.apply(
+            v, images, image_hw, pad_hw, method='predict'))
+
+  @classmethod
+  def from_checkpoint(cls, config: ml_collections.ConfigDict, path: str,
+                      **kwargs) -> 'Predictor':
+    """Loads an MMDetection .pth or a converted checkpoint directory."""
+    from maskrcnn_jax import checkpoint  # Local: pulls in orbax.
+    variables, class_names = checkpoint.load_detector_variables(
+        path, config, expected=build.abstract_variables(config))
+    return cls(config, variables, class_names, **kwargs)
+
+  @property
+  def num_compiled(self) -> int:
+    """Number of programs compiled so far (one per canvas/batch shape)."""
+    return self._predict._cache_size()  # pylint: disable=protected-access
+
+  def prepare(self, image_bgr: np.ndarray) -> preprocess.PreparedImage:
+    i = self.config.input
+    return preprocess.prepare_image(image_bgr, tuple(i.test_scale),
+                                    i.canvases, i.size_divisor)
+
+  def run_device(self, prepared: Sequence[preprocess.PreparedImage]
+                 ) -> Dict[str, np.ndarray]:
+    """Device step on <= batch_size images sharing one canvas.
+
+    Returns the padded outputs of `MaskRCNN.predict` as numpy, for the
+    given images only.
+    """
+    n = len(prepared)
+    if not 0 < n <= self.batch_size:
+      raise ValueError(f'expected 1..{self.batch_size} images, got {n}')
+    canvas_shape = prepared[0].canvas.shape
+    if any(p.canvas.shape != canvas_shape for p in prepared):
+      raise ValueError('images of one device step must share a canvas')
+    pad = self.batch_size - n
+    images = np.stack([p.canvas for p in prepared] +
+                      [np.zeros_like(prepared[0].canvas)] * pad)
+    image_hw = np.asarray([p.image_hw for p in prepared] +
+                          [prepared[0].image_hw] * pad, np.int32)
+    pad_hw = np.asarray([p.pad_hw for p in prepared] +
+                        [prepared[0].pad_hw] * pad, np.int32)
+    args = jax.device_put((images, image_hw, pad_hw), self._batch_sharding)
+    out = self._predict(self.variables, *args)
+    return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+  def postprocess(self, out: Dict[str, np.ndarray], index: int,
+                  prepared: preprocess.PreparedImage,
+                  with_masks: bool = True) -> Detections:
+    """Unpads one image's outputs, rescales boxes and pastes its masks."""
+    valid = out['valid'][index]
+    scale = np.asarray(prepared.scale_factor * 2, np.float32)
+    boxes = (out['boxes'][index][valid] / scale).astype(np.float32)
+    logits = out['mask_logits'][index][valid]
+    if with_masks:
+      probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+      masks = mask_ops.paste_masks(probs, boxes, prepared.ori_hw,
+                                   self.config.test.mask_thr_binary)
+    else:
+      masks = np.zeros((len(boxes),) + tuple(prepared.ori_hw), bool)
+    return Detections(boxes=boxes, scores=out['scores'][index][valid],
+                      labels=out['labels'][index][valid].astype(np.int32),
+                      masks=masks, class_names=self.class_names)
+
+  def predict(self, images: Iterable[np.ndarray]) -> List[Detections]:
+    """Detections for each uint8 BGR (H, W, 3) image, in input order."""
+    prepared = [self.prepare(im) for im in images]
+    results: List[Optional[Detections]] = [None] * len(prepared)
+    by_canvas: Dict[tuple, List[int]] = {}
+    for i, p in enumerate(prepared):
+      by_canvas.setdefault(p.canvas.shape, []).append(i)
+    for indices in by_canvas.values():
+      for start in range(0, len(indices), self.batch_size):
+        chunk = indices[start:start + self.batch_size]
+        out = self.run_device([prepared[i] for i in chunk])
+        for j, i in enumerate(chunk):
+          results[i] = self.postprocess(out, j, prepared[i])
+    return results
+
+  def __call__(self, image_bgr: np.ndarray) -> Detections:
+    return self.predict([image_bgr])[0]
