@@ -168,6 +168,25 @@ def paste_masks(mask_probs: np.ndarray, boxes: np.ndarray,
   return out
 
 
+def paste_mask_logits(mask_logits: np.ndarray, boxes: np.ndarray,
+                      image_hw: Sequence[int],
+                      threshold: float = 0.5) -> np.ndarray:
+  """`paste_masks` of sigmoid(mask_logits) (float32), as the predictor does.
+
+  Args:
+    mask_logits: (N, M, M) mask logits of each detection's own class.
+    boxes: (N, 4) XYXY boxes in pixels of the target image.
+    image_hw: (H, W) of the target image.
+    threshold: binarisation threshold on the probabilities.
+
+  Returns:
+    (N, H, W) bool masks.
+  """
+  logits = np.asarray(mask_logits, _F32)
+  probs = (_F32(1.0) / (_F32(1.0) + np.exp(-logits))).astype(_F32)
+  return paste_masks(probs, boxes, image_hw, threshold)
+
+
 def encode_rle(masks: np.ndarray) -> List[Dict]:
   """Encodes binary masks as COCO RLE, as MMDetection's `encode_mask_results`.
 

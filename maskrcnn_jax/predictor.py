@@ -8,11 +8,19 @@ Images go onto one of the config's fixed canvases and through one jitted
 program per (canvas, batch size): any stream of images compiles at most
 `len(config.input.canvases)` programs. The batch is sharded over all local
 devices on a 1-D 'data' mesh.
+
+For pipelined use (evaluation), `dispatch` starts a device step and returns
+at once (JAX dispatch is asynchronous); `fetch` waits for it and copies the
+outputs to the host. `run_device` is the two in sequence. The device step
+can also return the RPN proposals (`outputs='proposals'` or `'both'`), and
+can run with other variables than the predictor's own (e.g. a training
+loop's current parameters).
 """
 
 import dataclasses
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,6 +29,56 @@ import numpy as np
 from maskrcnn_jax import masks as mask_ops
 from maskrcnn_jax import preprocess
 from maskrcnn_jax.models import build
+from maskrcnn_jax.models import mask_rcnn
+
+# What a device step returns: detections (MaskRCNN.predict), RPN proposals,
+# or both from one forward pass.
+OUTPUTS = ('detections', 'proposals', 'both')
+
+
+def _proposals_fn(module, images, image_hw, pad_hw):
+  """RPN proposals only: backbone, FPN, RPN (`MaskRCNN.proposals`)."""
+  feats = module.features(images, image_hw, pad_hw)
+  boxes, scores, valid = module.proposals(feats, image_hw, pad_hw)
+  return dict(proposal_boxes=boxes, proposal_scores=scores,
+              proposal_valid=valid)
+
+
+def _predict_and_proposals_fn(module, images, image_hw, pad_hw):
+  """`MaskRCNN.predict` plus the proposals it computed on the way.
+
+  The proposals are captured with a Flax method interceptor around the
+  unchanged `predict`, so nothing runs twice.
+  """
+  captured = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if (context.method_name == 'proposals' and
+        isinstance(context.module, mask_rcnn.MaskRCNN)):
+      captured.append(out)
+    return out
+
+  with nn.intercept_methods(interceptor):
+    out = module.predict(images, image_hw, pad_hw)
+  if len(captured) != 1:
+    raise RuntimeError(f'expected one proposals() call in predict, got '
+                       f'{len(captured)}')
+  boxes, scores, valid = captured[0]
+  return dict(out, proposal_boxes=boxes, proposal_scores=scores,
+              proposal_valid=valid)
+
+
+@dataclasses.dataclass
+class PendingStep:
+  """A dispatched device step: device arrays not yet copied to the host.
+
+  Attributes:
+    outputs: device arrays (padded to the batch size).
+    num_images: how many leading entries are real images.
+  """
+  outputs: Dict[str, jax.Array]
+  num_images: int
 
 
 @dataclasses.dataclass
@@ -89,10 +147,21 @@ class Predictor:
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._batch_sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec('data'))
+    self._replicated = replicated
     self.variables = jax.device_put(variables, replicated)
     self._predict = jax.jit(
         lambda v, images, image_hw, pad_hw: self.model.apply(
             v, images, image_hw, pad_hw, method='predict'))
+    self._programs = {
+        'detections': self._predict,
+        'proposals': jax.jit(
+            lambda v, images, image_hw, pad_hw: self.model.apply(
+                v, images, image_hw, pad_hw, method=_proposals_fn)),
+        'both': jax.jit(
+            lambda v, images, image_hw, pad_hw: self.model.apply(
+                v, images, image_hw, pad_hw,
+                method=_predict_and_proposals_fn)),
+    }
 
   @classmethod
   def from_checkpoint(cls, config: ml_collections.ConfigDict, path: str,
@@ -113,13 +182,28 @@ class Predictor:
     return preprocess.prepare_image(image_bgr, tuple(i.test_scale),
                                     i.canvases, i.size_divisor)
 
-  def run_device(self, prepared: Sequence[preprocess.PreparedImage]
-                 ) -> Dict[str, np.ndarray]:
-    """Device step on <= batch_size images sharing one canvas.
+  def replicate(self, variables):
+    """Places variables replicated on this predictor's mesh (for
+    `dispatch(..., variables=...)`)."""
+    return jax.device_put(variables, self._replicated)
 
-    Returns the padded outputs of `MaskRCNN.predict` as numpy, for the
-    given images only.
+  def dispatch(self, prepared: Sequence[preprocess.PreparedImage],
+               outputs: str = 'detections',
+               variables=None) -> PendingStep:
+    """Starts a device step on <= batch_size images sharing one canvas.
+
+    Returns without waiting for the device; `fetch` gets the results.
+
+    Args:
+      prepared: the images (padded with copies up to batch_size).
+      outputs: 'detections' (`MaskRCNN.predict`), 'proposals' (RPN only:
+        proposal_boxes (B, P, 4) in resized-image pixels, proposal_scores,
+        proposal_valid) or 'both'.
+      variables: run with these variables instead of `self.variables`
+        (best placed with `replicate` once).
     """
+    if outputs not in OUTPUTS:
+      raise ValueError(f'outputs must be one of {OUTPUTS}, got {outputs!r}')
     n = len(prepared)
     if not 0 < n <= self.batch_size:
       raise ValueError(f'expected 1..{self.batch_size} images, got {n}')
@@ -134,25 +218,61 @@ class Predictor:
     pad_hw = np.asarray([p.pad_hw for p in prepared] +
                         [prepared[0].pad_hw] * pad, np.int32)
     args = jax.device_put((images, image_hw, pad_hw), self._batch_sharding)
-    out = self._predict(self.variables, *args)
-    return {k: np.asarray(v)[:n] for k, v in out.items()}
+    out = self._programs[outputs](
+        self.variables if variables is None else variables, *args)
+    return PendingStep(outputs=out, num_images=n)
+
+  @staticmethod
+  def fetch(step: PendingStep) -> Dict[str, np.ndarray]:
+    """Waits for a dispatched step; its outputs as numpy, real images only."""
+    return {k: np.asarray(v)[:step.num_images]
+            for k, v in step.outputs.items()}
+
+  def run_device(self, prepared: Sequence[preprocess.PreparedImage],
+                 outputs: str = 'detections', variables=None
+                 ) -> Dict[str, np.ndarray]:
+    """Device step on <= batch_size images sharing one canvas.
+
+    Returns the padded outputs of `MaskRCNN.predict` as numpy (plus or
+    instead the proposals, see `dispatch`), for the given images only.
+    """
+    return self.fetch(self.dispatch(prepared, outputs, variables))
+
+  def unpad(self, out: Dict[str, np.ndarray], index: int,
+            prepared: preprocess.PreparedImage):
+    """One image's valid detections, boxes rescaled to the original image.
+
+    Returns:
+      boxes (N, 4) float32 XYXY in original pixels, scores (N,), labels
+      (N,) int32, mask_logits (N, 28, 28) float32.
+    """
+    valid = out['valid'][index]
+    scale = np.asarray(prepared.scale_factor * 2, np.float32)
+    boxes = (out['boxes'][index][valid] / scale).astype(np.float32)
+    return (boxes, out['scores'][index][valid],
+            out['labels'][index][valid].astype(np.int32),
+            out['mask_logits'][index][valid])
+
+  @staticmethod
+  def unpad_proposals(out: Dict[str, np.ndarray], index: int,
+                      prepared: preprocess.PreparedImage):
+    """One image's valid proposals (boxes in original pixels, scores)."""
+    valid = out['proposal_valid'][index]
+    scale = np.asarray(prepared.scale_factor * 2, np.float32)
+    boxes = (out['proposal_boxes'][index][valid] / scale).astype(np.float32)
+    return boxes, out['proposal_scores'][index][valid].astype(np.float32)
 
   def postprocess(self, out: Dict[str, np.ndarray], index: int,
                   prepared: preprocess.PreparedImage,
                   with_masks: bool = True) -> Detections:
     """Unpads one image's outputs, rescales boxes and pastes its masks."""
-    valid = out['valid'][index]
-    scale = np.asarray(prepared.scale_factor * 2, np.float32)
-    boxes = (out['boxes'][index][valid] / scale).astype(np.float32)
-    logits = out['mask_logits'][index][valid]
+    boxes, scores, labels, logits = self.unpad(out, index, prepared)
     if with_masks:
-      probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-      masks = mask_ops.paste_masks(probs, boxes, prepared.ori_hw,
-                                   self.config.test.mask_thr_binary)
+      masks = mask_ops.paste_mask_logits(logits, boxes, prepared.ori_hw,
+                                         self.config.test.mask_thr_binary)
     else:
       masks = np.zeros((len(boxes),) + tuple(prepared.ori_hw), bool)
-    return Detections(boxes=boxes, scores=out['scores'][index][valid],
-                      labels=out['labels'][index][valid].astype(np.int32),
+    return Detections(boxes=boxes, scores=scores, labels=labels,
                       masks=masks, class_names=self.class_names)
 
   def predict(self, images: Iterable[np.ndarray]) -> List[Detections]:

@@ -1,0 +1,22 @@
+"""Shared pytest fixtures."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+# Small canvases keep CPU compile/run times of full models low in unit tests.
+SMALL_INPUT = ['input.test_scale=(640, 384)',
+               'input.canvases=((384, 640), (640, 384))']
+
+
+@pytest.fixture(scope='session')
+def fixture_checkpoint(tmp_path_factory):
+  """Converted inference checkpoint of the r50_fpn fixture weights."""
+  from maskrcnn_jax.testing import make_checkpoint
+  out = tmp_path_factory.mktemp('ckpt') / 'r50_fpn'
+  return make_checkpoint.make_checkpoint('r50_fpn', str(out))
