@@ -148,7 +148,15 @@ def _maybe_quiet(quiet: bool):
 
 
 def _round3(value) -> float:
-  return float(f'{round(float(value), 3)}')
+  """CocoMetric's bbox/segm rounding: `round` of a numpy float64 (numpy's
+  round-half-even of value * 1000, e.g. 0.5375 -> 0.538)."""
+  return float(f'{round(np.float64(value), 3)}')
+
+
+def _format3(value) -> float:
+  """CocoMetric's proposal rounding: `float(f'{value:.3f}')` (correctly
+  rounded decimal, e.g. 0.5375 -> 0.537)."""
+  return float(f'{float(value):.3f}')
 
 
 def _empty_results(coco_gt: COCO) -> COCO:
@@ -173,7 +181,7 @@ def _classwise_rows(coco_eval: COCOeval, coco_gt: COCO,
 
   def mean_ap(p):
     p = p[p > -1]
-    return round(float(np.mean(p)), 3) if p.size else float('nan')
+    return float(round(np.mean(p), 3)) if p.size else float('nan')
 
   rows = []
   for idx, cat_id in enumerate(cat_ids):
@@ -302,7 +310,7 @@ def compute_metrics(coco_gt: COCO, results: Sequence[Dict],
                    use_cats=metric != 'proposal', verbose=verbose)
     if metric == 'proposal':
       for item in PROPOSAL_ITEMS:
-        out[item] = _round3(ev.stats[COCO_METRIC_NAMES[item]])
+        out[item] = _format3(ev.stats[COCO_METRIC_NAMES[item]])
       continue
     if classwise:
       rows = _classwise_rows(ev, coco_gt, cat_ids)
