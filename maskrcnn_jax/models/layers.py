@@ -91,7 +91,4 @@ class ConvModule(nn.Module):
 
 def max_pool_3x3_s2(x):
   """3x3/2 max-pool with 1-pixel -inf padding (PyTorch MaxPool2d(3, 2, 1))."""
-  init = jnp.array(-jnp.inf, x.dtype)
-  return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1),
-                               (1, 2, 2, 1),
-                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

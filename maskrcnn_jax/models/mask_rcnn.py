@@ -93,7 +93,8 @@ def _max_coordinate(boxes, valid):
 
 def rpn_proposals(logits, deltas, anchors, anchor_valid, image_hw,
                   cfg_nms_pre: int, max_per_img: int, iou_threshold: float,
-                  min_bbox_size: float):
+                  min_bbox_size: float,
+                  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0)):
   """RPN proposals of one image (MMDetection `RPNHead.predict_by_feat`).
 
   Per level: top `nms_pre` by sigmoid score, decode (stds 1), clip, drop
@@ -119,7 +120,7 @@ def rpn_proposals(logits, deltas, anchors, anchor_valid, image_hw,
     k_l = min(k, scores.shape[0])
     top_scores, idx = jax.lax.top_k(scores, k_l)
     boxes = box_ops.decode_deltas(jnp.asarray(anchor)[idx], delta[idx],
-                                  image_hw)
+                                  image_hw, stds)
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
     ok = jnp.isfinite(top_scores) & (w > min_bbox_size) & (h > min_bbox_size)
@@ -199,6 +200,7 @@ class MaskRCNN(nn.Module):
   anchor_scales: Tuple[float, ...] = (8.0,)
   anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
   rpn_channels: int = 256
+  rpn_stds: Tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
   roi_strides: Tuple[int, ...] = (4, 8, 16, 32)
   finest_scale: float = 56.0
   box_roi_size: int = 7
@@ -260,7 +262,8 @@ class MaskRCNN(nn.Module):
       return rpn_proposals(
           lg, dl, anchors, av, hw,
           nms_pre or cfg.rpn_nms_pre, max_per_img or cfg.rpn_max_per_img,
-          iou_threshold or cfg.rpn_nms_iou, cfg.rpn_min_bbox_size)
+          iou_threshold or cfg.rpn_nms_iou, cfg.rpn_min_bbox_size,
+          self.rpn_stds)
 
     return jax.vmap(one)(logits, deltas, anchor_valid, image_hw)
 

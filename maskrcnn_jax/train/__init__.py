@@ -1,0 +1,1 @@
+"""Training: targets and losses, optimizer and schedules, the train loop."""

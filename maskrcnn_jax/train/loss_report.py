@@ -1,0 +1,101 @@
+"""Per-image losses and per-module gradient norms (tools/loss_report.py).
+
+Each image of a COCO-format set runs as a batch of one through the training
+losses, with the test scale, no flip, full-size bitmap mask targets (exactly
+MMDetection's `mask_target`) and, with `deterministic=True`, samplers that
+take every positive and negative candidate (MMDetection with a sampler
+larger than the candidates), so the numbers are comparable one to one with
+MMDetection's.
+"""
+
+import collections
+from typing import Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maskrcnn_jax import checkpoint as checkpoint_lib
+from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import transforms
+from maskrcnn_jax.models import build
+from maskrcnn_jax.train import losses as losses_lib
+from maskrcnn_jax.train import optim
+
+
+def module_prefix(path) -> str:
+  """Two-part MMDetection key prefix of a variable path ('backbone.layer2')."""
+  return '.'.join(path[:2])
+
+
+def grad_sq_norm_by_module(grads, config) -> Dict[str, float]:
+  """Squared L2 norm of the gradients of trainable params, per prefix."""
+  out = collections.defaultdict(float)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    names = [k.key for k in path]
+    if optim.is_frozen(names, config):
+      continue
+    out[module_prefix(names)] += float(np.sum(np.square(
+        np.asarray(g, np.float64))))
+  return dict(out)
+
+
+def example_batch(record, config) -> Dict[str, np.ndarray]:
+  """Batch of one at the test scale, no flip, with full-size bitmaps."""
+  cfg = transforms.TransformConfig.from_config(config, train=False,
+                                               with_masks=True)
+  image = coco.load_image(record)
+  ex = transforms.train_transform(record, image, np.random.default_rng(0),
+                                  cfg)
+  ch, cw = ex['image'].shape[:2]
+  h, w = (int(v) for v in ex['image_hw'])
+  n = len(record.masks)
+  bitmaps = np.zeros((cfg.max_instances, ch, cw), np.uint8)
+  if n:
+    resized = transforms._resized_bitmaps(  # pylint: disable=protected-access
+        record.masks, record.height, record.width, h, w, False)
+    kept = min(n, cfg.max_instances)
+    bitmaps[:kept, :h, :w] = np.moveaxis(resized, -1, 0)[:kept]
+  batch = {k: ex[k][None] for k in ('image_hw', 'pad_hw', 'gt_boxes',
+                                    'gt_labels', 'gt_valid')}
+  batch['images'] = ex['image'][None]
+  batch['gt_bitmaps'] = bitmaps[None]
+  return batch
+
+
+def loss_report(config, checkpoint: str, ann_file: str, image_dir: str,
+                deterministic: bool = False, seed: int = 0) -> List[dict]:
+  """One entry per image: file_name, losses, total_loss, grad norms."""
+  model = build.build_model(config)
+  variables, _ = checkpoint_lib.load_detector_variables(
+      checkpoint, config, expected=build.abstract_variables(config))
+  dataset = coco.load_coco(ann_file, image_dir, train=True)
+  if dataset.num_classes != config.model.num_classes:
+    raise ValueError(f'{ann_file} has {dataset.num_classes} classes, the '
+                     f'model {config.model.num_classes}')
+  cfg = losses_lib.loss_config_from(config, deterministic=deterministic,
+                                    mask_mode='bitmap')
+
+  def loss_fn(params, batch, rng):
+    return model.apply({'params': params,
+                        'batch_stats': variables['batch_stats']},
+                       batch, rng, cfg, method=losses_lib.detector_losses)
+
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  report = []
+  for i, record in enumerate(dataset.records):
+    batch = example_batch(record, config)
+    (total, metrics), grads = grad_fn(variables['params'], batch,
+                                      jax.random.PRNGKey(seed + i))
+    if int(metrics['mask_rois_overflow']):
+      raise RuntimeError(
+          f'{record.file_name}: {int(metrics["rcnn_num_pos"])} positive RoIs '
+          f'exceed the {cfg.max_mask_rois} mask slots; raise '
+          'train.deterministic_max_mask_rois')
+    names = losses_lib.LOSS_NAMES + ('acc',)
+    report.append(dict(
+        file_name=record.file_name,
+        losses={k: float(metrics[k]) for k in names},
+        total_loss=float(total),
+        grad_sq_norm_by_module=grad_sq_norm_by_module(grads, config)))
+  return report

@@ -1,0 +1,257 @@
+"""Training targets and losses of Mask R-CNN, as MMDetection 3.3.0 defines them.
+
+`detector_losses` is applied as a method of `MaskRCNN`:
+
+    losses = model.apply(variables, batch, rng, loss_cfg,
+                         method=detector_losses)
+
+Static shapes throughout: assignment over all anchors / proposals with
+validity masks, sampling with fixed slot counts, a fixed number of mask RoIs.
+
+Loss definitions (names and normalisations as MMDetection):
+  loss_rpn_cls   sigmoid BCE over sampled anchors / avg_factor
+  loss_rpn_bbox  L1 on positive anchors' deltas / avg_factor
+                 avg_factor = sum_images (max(#pos, 1) + max(#neg, 1))
+  loss_cls       softmax CE over sampled RoIs (K+1 classes, background last)
+                 / #sampled RoIs
+  loss_bbox      L1 on the GT-class deltas of positive RoIs / #sampled RoIs
+  loss_mask      BCE of each positive RoI's own-class 28x28 logits, mean
+  acc            classification accuracy of sampled RoIs (%), not a loss
+"""
+
+import dataclasses
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maskrcnn_jax.models import mask_rcnn
+from maskrcnn_jax.ops import anchors as anchor_ops
+from maskrcnn_jax.ops import assign_sample
+from maskrcnn_jax.ops import boxes as box_ops
+from maskrcnn_jax.ops import mask_targets
+
+LOSS_NAMES = ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox',
+              'loss_mask')
+_EPS = float(np.finfo(np.float32).eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """MMDetection train_cfg. `*_num_samples <= 0` takes every candidate."""
+  rpn_pos_iou: float = 0.7
+  rpn_neg_iou: float = 0.3
+  rpn_min_pos_iou: float = 0.3
+  rpn_num_samples: int = 256
+  rpn_pos_fraction: float = 0.5
+  rpn_proposal_nms_pre: int = 2000
+  rpn_proposal_max_per_img: int = 1000
+  rpn_proposal_nms_iou: float = 0.7
+  rcnn_pos_iou: float = 0.5
+  rcnn_neg_iou: float = 0.5
+  rcnn_min_pos_iou: float = 0.5
+  rcnn_num_samples: int = 512
+  rcnn_pos_fraction: float = 0.25
+  mask_size: int = 28
+  # Static number of positive RoIs that get a mask loss (>= the sampler's
+  # positives; with sampling disabled a cap, see `mask_rois_overflow`).
+  max_mask_rois: int = 128
+  # 'compact' (gt_masks (B, M, S, S) over gt_boxes) or 'bitmap'
+  # (gt_bitmaps (B, M, H, W) at the canvas size, exact MMDetection).
+  mask_mode: str = 'compact'
+
+
+def loss_config_from(config, deterministic: bool = False,
+                     mask_mode: str = 'compact') -> LossConfig:
+  """LossConfig of `config.train`; deterministic takes every candidate."""
+  t = config.train
+  rpn_num = 0 if deterministic else t.rpn_num_samples
+  rcnn_num = 0 if deterministic else t.rcnn_num_samples
+  max_mask = int(t.rcnn_num_samples * t.rcnn_pos_fraction)
+  if deterministic:
+    max_mask = int(t.get('deterministic_max_mask_rois', 512))
+  return LossConfig(
+      rpn_pos_iou=t.rpn_pos_iou, rpn_neg_iou=t.rpn_neg_iou,
+      rpn_min_pos_iou=t.rpn_min_pos_iou, rpn_num_samples=rpn_num,
+      rpn_pos_fraction=t.rpn_pos_fraction,
+      rpn_proposal_nms_pre=t.rpn_proposal_nms_pre,
+      rpn_proposal_max_per_img=t.rpn_proposal_max_per_img,
+      rpn_proposal_nms_iou=t.rpn_proposal_nms_iou,
+      rcnn_pos_iou=t.rcnn_pos_iou, rcnn_neg_iou=t.rcnn_neg_iou,
+      rcnn_min_pos_iou=t.rcnn_min_pos_iou, rcnn_num_samples=rcnn_num,
+      rcnn_pos_fraction=t.rcnn_pos_fraction, mask_size=t.mask_size,
+      max_mask_rois=max_mask, mask_mode=mask_mode)
+
+
+def _bce_with_logits(x, z):
+  return jnp.maximum(x, 0) - x * z + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _safe_encode(priors, gt, use, stds):
+  """Deltas of priors -> gt where `use`, zeros elsewhere (no NaNs)."""
+  gt = jnp.where(use[..., None], gt, priors)
+  ok = (priors[..., 2] > priors[..., 0]) & (priors[..., 3] > priors[..., 1])
+  use = use & ok
+  safe_priors = jnp.where(use[..., None], priors,
+                          jnp.array([0., 0., 1., 1.], priors.dtype))
+  safe_gt = jnp.where(use[..., None], gt,
+                      jnp.array([0., 0., 1., 1.], priors.dtype))
+  return jnp.where(use[..., None],
+                   box_ops.encode_deltas(safe_priors, safe_gt, stds), 0.0)
+
+
+def rpn_losses(module, feats, batch, rng, cfg: LossConfig):
+  """RPN losses and the (detached) training proposals."""
+  logits, deltas = module.rpn(feats, batch['pad_hw'])
+  anchors = module.anchors(feats)
+  num_base = len(module.anchor_scales) * len(module.anchor_ratios)
+  valid_hw = mask_rcnn.level_valid_hw(batch['pad_hw'], module.anchor_strides)
+  level_valid = [anchor_ops.anchor_valid_flags(f.shape[1:3], valid_hw[:, l],
+                                               num_base)
+                 for l, f in enumerate(feats)]
+  all_anchors = jnp.asarray(np.concatenate(anchors))
+  all_logits = jnp.concatenate(logits, axis=1)
+  all_deltas = jnp.concatenate(deltas, axis=1)
+  all_valid = jnp.concatenate(level_valid, axis=1)
+  stds = tuple(module.rpn_stds)
+
+  def targets(gt_boxes, gt_valid, valid, key):
+    gt_inds, _ = assign_sample.max_iou_assign(
+        gt_boxes, gt_valid, all_anchors, valid, pos_iou_thr=cfg.rpn_pos_iou,
+        neg_iou_thr=cfg.rpn_neg_iou, min_pos_iou=cfg.rpn_min_pos_iou)
+    pos, neg = assign_sample.sample_mask(gt_inds, key, cfg.rpn_num_samples,
+                                         cfg.rpn_pos_fraction)
+    matched = gt_boxes[jnp.maximum(gt_inds - 1, 0)]
+    target = _safe_encode(all_anchors, matched, pos, stds)
+    avg = jnp.maximum(pos.sum(), 1) + jnp.maximum(neg.sum(), 1)
+    return pos, neg, target, avg
+
+  b = all_logits.shape[0]
+  pos, neg, target, avg = jax.vmap(targets)(
+      batch['gt_boxes'], batch['gt_valid'], all_valid, jax.random.split(rng, b))
+  avg_factor = avg.sum().astype(jnp.float32) + _EPS
+  cls = _bce_with_logits(all_logits, pos.astype(jnp.float32))
+  loss_cls = jnp.sum(jnp.where(pos | neg, cls, 0.0)) / avg_factor
+  l1 = jnp.abs(all_deltas - target).sum(-1)
+  loss_bbox = jnp.sum(jnp.where(pos, l1, 0.0)) / avg_factor
+
+  cfg_nms = (cfg.rpn_proposal_nms_pre, cfg.rpn_proposal_max_per_img,
+             cfg.rpn_proposal_nms_iou)
+  detached_logits = [jax.lax.stop_gradient(x) for x in logits]
+  detached_deltas = [jax.lax.stop_gradient(x) for x in deltas]
+
+  def proposals(lg, dl, av, hw):
+    return mask_rcnn.rpn_proposals(lg, dl, anchors, av, hw, *cfg_nms,
+                                   module.test_cfg.rpn_min_bbox_size, stds)
+
+  props, _, props_valid = jax.vmap(proposals)(
+      detached_logits, detached_deltas, level_valid, batch['image_hw'])
+  return (dict(loss_rpn_cls=loss_cls, loss_rpn_bbox=loss_bbox,
+               rpn_num_pos=pos.sum()),
+          jax.lax.stop_gradient(props), props_valid)
+
+
+def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
+                cfg: LossConfig):
+  """Box and mask head losses on sampled proposals (+ GT boxes)."""
+  num_classes = module.num_classes
+  m = batch['gt_boxes'].shape[1]
+  p = proposals.shape[1]
+  num_slots = cfg.rcnn_num_samples if cfg.rcnn_num_samples > 0 else m + p
+  stds = tuple(module.bbox_stds)
+
+  def sample(gt_boxes, gt_labels, gt_valid, props, props_valid, key):
+    gt_inds, _ = assign_sample.max_iou_assign(
+        gt_boxes, gt_valid, props, props_valid,
+        pos_iou_thr=cfg.rcnn_pos_iou, neg_iou_thr=cfg.rcnn_neg_iou,
+        min_pos_iou=cfg.rcnn_min_pos_iou)
+    # GT boxes are added in front of the proposals, each assigned to itself.
+    cand = jnp.concatenate([gt_boxes, props])
+    cand_inds = jnp.concatenate(
+        [jnp.where(gt_valid, jnp.arange(1, m + 1), -1), gt_inds])
+    idx, valid, is_pos = assign_sample.sample_indices(
+        cand_inds, key, cfg.rcnn_num_samples, cfg.rcnn_pos_fraction,
+        num_slots)
+    rois = cand[idx]
+    assigned = jnp.maximum(cand_inds[idx] - 1, 0)
+    labels = jnp.where(is_pos, gt_labels[assigned], num_classes)
+    targets = _safe_encode(rois, gt_boxes[assigned], is_pos, stds)
+    return rois, valid, is_pos, labels, targets, assigned
+
+  b = proposals.shape[0]
+  rois, valid, is_pos, labels, targets, assigned = jax.vmap(sample)(
+      batch['gt_boxes'], batch['gt_labels'], batch['gt_valid'], proposals,
+      proposals_valid, jax.random.split(rng, b))
+  rois = jax.lax.stop_gradient(rois)
+  cls, reg = module.box_head(feats, rois, batch['pad_hw'])
+  num_sampled = valid.sum().astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(cls, axis=-1)
+  ce = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  loss_cls = jnp.sum(jnp.where(valid, ce, 0.0)) / (
+      jnp.maximum(num_sampled, 1.0) + _EPS)
+  acc = 100.0 * jnp.sum(valid & (cls.argmax(-1) == labels)) / jnp.maximum(
+      num_sampled, 1.0)
+  reg = reg.reshape(reg.shape[:2] + (num_classes, 4))
+  own = jnp.take_along_axis(
+      reg, jnp.minimum(labels, num_classes - 1)[..., None, None],
+      axis=2)[:, :, 0]
+  l1 = jnp.abs(own - targets).sum(-1)
+  loss_bbox = jnp.sum(jnp.where(is_pos, l1, 0.0)) / (num_sampled + _EPS)
+
+  # Mask head on the first max_mask_rois slots (positives come first).
+  k = min(cfg.max_mask_rois, num_slots)
+  mask_rois, mask_pos = rois[:, :k], is_pos[:, :k]
+  mask_gt, mask_labels = assigned[:, :k], labels[:, :k]
+  logits = module.mask_head(feats, mask_rois, batch['pad_hw'])
+  logits = jnp.take_along_axis(
+      logits, jnp.minimum(mask_labels, num_classes - 1)[:, :, None, None,
+                                                        None],
+      axis=-1)[..., 0]
+  if cfg.mask_mode == 'compact':
+    tgt = jax.vmap(lambda gm, gb, r, g, hw: mask_targets.compact_mask_targets(
+        gm, gb, r, g, hw, cfg.mask_size))(
+            batch['gt_masks'], batch['gt_boxes'], mask_rois, mask_gt,
+            batch['pad_hw'])
+  elif cfg.mask_mode == 'bitmap':
+    tgt = jax.vmap(lambda gm, r, g: mask_targets.bitmap_mask_targets(
+        gm, r, g, cfg.mask_size))(batch['gt_bitmaps'], mask_rois, mask_gt)
+  else:
+    raise ValueError(f'unknown mask_mode {cfg.mask_mode!r}')
+  tgt = jax.lax.stop_gradient(tgt)
+  bce = _bce_with_logits(logits, tgt).mean(axis=(-1, -2))
+  num_pos_masks = mask_pos.sum()
+  loss_mask = jnp.sum(jnp.where(mask_pos, bce, 0.0)) / jnp.maximum(
+      num_pos_masks, 1).astype(jnp.float32)
+  overflow = is_pos.sum() - num_pos_masks
+  return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_mask=loss_mask,
+              acc=acc, rcnn_num_pos=is_pos.sum(),
+              rcnn_num_sampled=valid.sum(), mask_rois_overflow=overflow)
+
+
+def detector_losses(module, batch: Dict[str, jax.Array], rng,
+                    cfg: LossConfig):
+  """All losses of one batch; use as `model.apply(..., method=...)`.
+
+  Args:
+    module: the bound `MaskRCNN`.
+    batch: images (B, Hc, Wc, 3) uint8, image_hw (B, 2), pad_hw (B, 2),
+      gt_boxes (B, M, 4) XYXY on the resized image, gt_labels (B, M),
+      gt_valid (B, M), and gt_masks (B, M, S, S) uint8 (compact) or
+      gt_bitmaps (B, M, Hc, Wc) (bitmap mode).
+    rng: PRNG key of the samplers.
+    cfg: LossConfig.
+
+  Returns:
+    (total_loss, dict of the five losses, acc and counters).
+  """
+  rng_rpn, rng_rcnn = jax.random.split(rng)
+  feats = module.features(batch['images'], batch['image_hw'], batch['pad_hw'])
+  rpn, proposals, proposals_valid = rpn_losses(module, feats, batch, rng_rpn,
+                                               cfg)
+  rcnn = rcnn_losses(module, feats, batch, proposals, proposals_valid,
+                     rng_rcnn, cfg)
+  metrics = {**rpn, **rcnn}
+  total = sum(metrics[name] for name in LOSS_NAMES)
+  metrics['total_loss'] = total
+  return total, metrics

@@ -1,0 +1,99 @@
+"""SGD, MMDetection's learning-rate schedules and frozen-parameter masks."""
+
+import re
+from typing import Any, Sequence, Tuple
+
+import jax
+import ml_collections
+import optax
+
+_BN_MODULE = re.compile(r'^bn\d+$')
+
+
+def is_frozen(path: Sequence[str], config: ml_collections.ConfigDict) -> bool:
+  """Whether a 'params' leaf (path of names) gets no gradient.
+
+  MMDetection freezes the stem and the first `frozen_stages` stages
+  (`frozen_stages=1`: conv1, bn1, layer1) and, when
+  `norm_cfg.requires_grad=False` (caffe style, X-101-32x8d), every backbone
+  BatchNorm's weight and bias.
+  """
+  if not path or path[0] != 'backbone':
+    return False
+  b = config.model.backbone
+  top = path[1]
+  if b.frozen_stages >= 0 and top in ('conv1', 'bn1'):
+    return True
+  m = re.match(r'^layer(\d+)$', top)
+  if m and int(m.group(1)) <= b.frozen_stages:
+    return True
+  if not b.norm_requires_grad and len(path) >= 2:
+    module = path[-2]
+    parent = path[-3] if len(path) >= 3 else ''
+    if _BN_MODULE.match(module) or (parent == 'downsample' and module == '1'):
+      return True
+  return False
+
+
+def trainable_mask(params, config) -> Any:
+  """Pytree of bools: True for trainable leaves."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: not is_frozen([k.key for k in p], config), params)
+
+
+def iters_per_epoch(num_images: int, global_batch: int) -> int:
+  """Iterations of one epoch (the last partial batch is dropped)."""
+  return max(num_images // global_batch, 1)
+
+
+def learning_rate(config: ml_collections.ConfigDict,
+                  steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup (by iteration) then x0.1 at the epoch milestones.
+
+  lr(it) = base * (ratio + (1 - ratio) * it / warmup) for it < warmup, times
+  0.1 ** (number of milestones <= epoch(it)); milestones count passes over
+  the (possibly repeated) dataset, as MMDetection's MultiStepLR by epoch.
+  """
+  t = config.train
+  lr = scaled_lr(config)
+  warmup, ratio = t.warmup_iters, t.warmup_ratio
+  boundaries = [int(m * steps_per_epoch * t.dataset_repeats)
+                for m in t.milestones]
+
+  def schedule(step):
+    import jax.numpy as jnp
+    step = jnp.asarray(step)
+    factor = jnp.where(step < warmup,
+                       ratio + (1 - ratio) * step / max(warmup, 1), 1.0)
+    decays = sum((step >= b).astype(jnp.float32) for b in boundaries)
+    return lr * factor * 0.1 ** decays
+
+  return schedule
+
+
+def scaled_lr(config) -> float:
+  """base_lr scaled linearly with the global batch (unless disabled)."""
+  t = config.train
+  if not t.scale_lr:
+    return t.base_lr
+  return t.base_lr * t.global_batch_size / t.base_batch_size
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  return int(config.train.epochs * config.train.dataset_repeats *
+             steps_per_epoch)
+
+
+def make_optimizer(config, params, steps_per_epoch: int
+                   ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+  """PyTorch SGD (momentum 0.9, coupled weight decay) on trainable params."""
+  t = config.train
+  schedule = learning_rate(config, steps_per_epoch)
+  sgd = optax.chain(optax.add_decayed_weights(t.weight_decay),
+                    optax.trace(decay=t.momentum, nesterov=False),
+                    optax.scale_by_learning_rate(schedule))
+  mask = trainable_mask(params, config)
+  return optax.multi_transform(
+      {'train': sgd, 'frozen': optax.set_to_zero()},
+      jax.tree_util.tree_map(lambda m: 'train' if m else 'frozen', mask)
+  ), schedule
