@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
           norm_eval=True,      # BN always in inference mode
           norm_requires_grad=True,  # BN gamma/beta trainable (layers 2-4)
           norm_eps=1e-5,
+          base_channels=64,    # stem / layer1 width (64 in every zoo row)
       ),
       neck=dict(
           in_channels=(256, 512, 1024, 2048),
@@ -161,9 +162,22 @@ def base_config() -> ml_collections.ConfigDict:
       epochs=12,
       milestones=(8, 11),        # 0-based epochs after which lr *= 0.1
       dataset_repeats=1,         # RepeatDataset(times) of the 3x recipes
-      # Mixed precision: loss scale for float16 ('dynamic' or a number).
+      # Mixed precision: loss scale for float16: 'dynamic' or a number as a
+      # string (e.g. '512', MMDetection 2.x's static scale).
       loss_scale='dynamic',
+      # Name of the ImageNet weights MMDetection initialises from (for
+      # reference); the file itself is given by init_backbone_from.
       init_backbone='torchvision://resnet50',
+      init_backbone_from='',     # local ImageNet backbone .pth
+      init_from='',              # detector .pth / converted dir to fine-tune
+      seed=0,
+      images_per_group=2,        # MMDetection samples_per_gpu (loss groups)
+      deterministic_max_mask_rois=512,
+      log_every=20,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      eval_every=0,              # steps; 0: evaluate only at the end
+      num_workers=2,
   ))
 
   # COCO 2017 by default.

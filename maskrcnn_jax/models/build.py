@@ -45,12 +45,14 @@ def build_model(config: ml_collections.ConfigDict,
   if precision not in _PRECISIONS:
     raise ValueError(f'model.precision must be one of {sorted(_PRECISIONS)},'
                      f' got {precision!r}')
-  if tuple(n.in_channels) != tuple(256 * 2 ** i for i in range(4)):
+  base = b.get('base_channels', 64)
+  if tuple(n.in_channels) != tuple(4 * base * 2 ** i for i in range(4)):
     raise ValueError(f'model.neck.in_channels {tuple(n.in_channels)} does '
-                     'not match a ResNet/ResNeXt backbone (256, ..., 2048)')
+                     f'not match the backbone (4 * {base} * 2**i)')
   return mask_rcnn.MaskRCNN(
       num_classes=m.num_classes, depth=b.depth, groups=b.groups,
       base_width=b.base_width, style=b.style, norm_eps=b.norm_eps,
+      base_channels=base,
       neck_channels=n.out_channels, num_outs=n.num_outs,
       anchor_strides=tuple(r.anchor_strides),
       anchor_scales=tuple(r.anchor_scales),

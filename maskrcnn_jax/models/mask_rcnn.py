@@ -194,6 +194,7 @@ class MaskRCNN(nn.Module):
   base_width: int = 4
   style: str = 'pytorch'
   norm_eps: float = 1e-5
+  base_channels: int = 64
   neck_channels: int = 256
   num_outs: int = 5
   anchor_strides: Tuple[int, ...] = (4, 8, 16, 32, 64)
@@ -219,7 +220,8 @@ class MaskRCNN(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, precision=self.precision)
     self.backbone = resnet.ResNet(self.depth, self.groups, self.base_width,
-                                  self.style, self.norm_eps, **kw)
+                                  self.style, self.norm_eps,
+                                  self.base_channels, **kw)
     self.neck = fpn_lib.FPN(self.neck_channels, self.num_outs,
                             self.roi_strides, **kw)
     self.rpn_head = heads.RPNHead(

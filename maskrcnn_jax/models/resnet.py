@@ -99,6 +99,8 @@ class ResNet(nn.Module):
 
   Attributes:
     depth: 50, 101 or 152.
+    base_channels: stem width and planes of layer1 (64 in every zoo row;
+      smaller values give the light quick-start model).
     groups, base_width: ResNeXt settings (groups=1 -> ResNet).
     style: 'pytorch' or 'caffe'.
   """
@@ -107,6 +109,7 @@ class ResNet(nn.Module):
   base_width: int = 4
   style: str = 'pytorch'
   norm_eps: float = 1e-5
+  base_channels: int = 64
   dtype: Any = jnp.float32
   precision: Any = None
 
@@ -120,7 +123,7 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet depth must be one of {sorted(STAGE_BLOCKS)},'
                        f' got {self.depth}')
     x = x.astype(self.dtype)
-    x = layers.conv(64, 7, 2, dtype=self.dtype, precision=self.precision,
+    x = layers.conv(self.base_channels, 7, 2, dtype=self.dtype, precision=self.precision,
                     name='conv1')(x)
     x = layers.FrozenBatchNorm(self.norm_eps, self.dtype, name='bn1')(x)
     x = nn.relu(x)
@@ -134,7 +137,7 @@ class ResNet(nn.Module):
     in_stride = 4
     for s, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
       stride = 1 if s == 0 else 2
-      x = ResLayer(num_blocks, 64 * 2 ** s, stride, in_stride, block_kwargs,
+      x = ResLayer(num_blocks, self.base_channels * 2 ** s, stride, in_stride, block_kwargs,
                    name=f'layer{s + 1}')(x, pad_hw)
       in_stride *= stride
       outs.append(x)

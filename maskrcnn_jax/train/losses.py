@@ -60,10 +60,14 @@ class LossConfig:
   # 'compact' (gt_masks (B, M, S, S) over gt_boxes) or 'bitmap'
   # (gt_bitmaps (B, M, H, W) at the canvas size, exact MMDetection).
   mask_mode: str = 'compact'
+  # Images normalised together, as the images of one GPU in MMDetection
+  # (samples_per_gpu); losses are averaged over groups. 0: the whole batch.
+  images_per_group: int = 0
 
 
 def loss_config_from(config, deterministic: bool = False,
-                     mask_mode: str = 'compact') -> LossConfig:
+                     mask_mode: str = 'compact',
+                     images_per_group: int = 0) -> LossConfig:
   """LossConfig of `config.train`; deterministic takes every candidate."""
   t = config.train
   rpn_num = 0 if deterministic else t.rpn_num_samples
@@ -81,7 +85,19 @@ def loss_config_from(config, deterministic: bool = False,
       rcnn_pos_iou=t.rcnn_pos_iou, rcnn_neg_iou=t.rcnn_neg_iou,
       rcnn_min_pos_iou=t.rcnn_min_pos_iou, rcnn_num_samples=rcnn_num,
       rcnn_pos_fraction=t.rcnn_pos_fraction, mask_size=t.mask_size,
-      max_mask_rois=max_mask, mask_mode=mask_mode)
+      max_mask_rois=max_mask, mask_mode=mask_mode,
+      images_per_group=images_per_group)
+
+
+def _group_mean(num, den, group: int):
+  """mean over groups of (sum of num) / (sum of den); num, den: (B,)."""
+  b = num.shape[0]
+  group = group if 0 < group <= b else b
+  if b % group:
+    raise ValueError(f'batch of {b} images does not split into groups of '
+                     f'{group}')
+  return jnp.mean(num.reshape(-1, group).sum(1) /
+                  den.reshape(-1, group).sum(1))
 
 
 def _bce_with_logits(x, z):
@@ -130,11 +146,15 @@ def rpn_losses(module, feats, batch, rng, cfg: LossConfig):
   b = all_logits.shape[0]
   pos, neg, target, avg = jax.vmap(targets)(
       batch['gt_boxes'], batch['gt_valid'], all_valid, jax.random.split(rng, b))
-  avg_factor = avg.sum().astype(jnp.float32) + _EPS
+  avg = avg.astype(jnp.float32)
+  # The eps of weight_reduce_loss is added once per group.
+  avg = avg + _EPS * (jnp.arange(b) % max(cfg.images_per_group or b, 1) == 0)
   cls = _bce_with_logits(all_logits, pos.astype(jnp.float32))
-  loss_cls = jnp.sum(jnp.where(pos | neg, cls, 0.0)) / avg_factor
+  cls_sum = jnp.sum(jnp.where(pos | neg, cls, 0.0), axis=1)
   l1 = jnp.abs(all_deltas - target).sum(-1)
-  loss_bbox = jnp.sum(jnp.where(pos, l1, 0.0)) / avg_factor
+  bbox_sum = jnp.sum(jnp.where(pos, l1, 0.0), axis=1)
+  loss_cls = _group_mean(cls_sum, avg, cfg.images_per_group)
+  loss_bbox = _group_mean(bbox_sum, avg, cfg.images_per_group)
 
   cfg_nms = (cfg.rpn_proposal_nms_pre, cfg.rpn_proposal_max_per_img,
              cfg.rpn_proposal_nms_iou)
@@ -185,19 +205,25 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
       proposals_valid, jax.random.split(rng, b))
   rois = jax.lax.stop_gradient(rois)
   cls, reg = module.box_head(feats, rois, batch['pad_hw'])
-  num_sampled = valid.sum().astype(jnp.float32)
+  group = cfg.images_per_group
+  first = (jnp.arange(b) % max(group or b, 1) == 0).astype(jnp.float32)
+  num_sampled = valid.sum(1).astype(jnp.float32)  # per image
   log_probs = jax.nn.log_softmax(cls, axis=-1)
   ce = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-  loss_cls = jnp.sum(jnp.where(valid, ce, 0.0)) / (
-      jnp.maximum(num_sampled, 1.0) + _EPS)
-  acc = 100.0 * jnp.sum(valid & (cls.argmax(-1) == labels)) / jnp.maximum(
-      num_sampled, 1.0)
+  # avg_factor = max(#sampled, 1) per group, + eps (weight_reduce_loss).
+  cls_den = num_sampled + _EPS * first
+  loss_cls = _group_mean(jnp.sum(jnp.where(valid, ce, 0.0), 1), cls_den,
+                         group)
+  acc = 100.0 * _group_mean(
+      jnp.sum(valid & (cls.argmax(-1) == labels), 1).astype(jnp.float32),
+      num_sampled + 1e-12 * first, group)
   reg = reg.reshape(reg.shape[:2] + (num_classes, 4))
   own = jnp.take_along_axis(
       reg, jnp.minimum(labels, num_classes - 1)[..., None, None],
       axis=2)[:, :, 0]
   l1 = jnp.abs(own - targets).sum(-1)
-  loss_bbox = jnp.sum(jnp.where(is_pos, l1, 0.0)) / (num_sampled + _EPS)
+  loss_bbox = _group_mean(jnp.sum(jnp.where(is_pos, l1, 0.0), 1), cls_den,
+                          group)
 
   # Mask head on the first max_mask_rois slots (positives come first).
   k = min(cfg.max_mask_rois, num_slots)
@@ -220,10 +246,11 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
     raise ValueError(f'unknown mask_mode {cfg.mask_mode!r}')
   tgt = jax.lax.stop_gradient(tgt)
   bce = _bce_with_logits(logits, tgt).mean(axis=(-1, -2))
-  num_pos_masks = mask_pos.sum()
-  loss_mask = jnp.sum(jnp.where(mask_pos, bce, 0.0)) / jnp.maximum(
-      num_pos_masks, 1).astype(jnp.float32)
-  overflow = is_pos.sum() - num_pos_masks
+  num_pos_masks = mask_pos.sum(1).astype(jnp.float32)
+  # Mean over the group's positive masks (0 when it has none).
+  loss_mask = _group_mean(jnp.sum(jnp.where(mask_pos, bce, 0.0), 1),
+                          num_pos_masks + 1e-12 * first, group)
+  overflow = is_pos.sum() - mask_pos.sum()
   return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_mask=loss_mask,
               acc=acc, rcnn_num_pos=is_pos.sum(),
               rcnn_num_sampled=valid.sum(), mask_rois_overflow=overflow)

@@ -1,0 +1,231 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind train.py.
+
+Order of initialisation (first that applies):
+  1. resume: the latest checkpoint in <workdir>/checkpoints (parameters,
+     optimizer, step, RNG, loss scale and data iterator position);
+  2. `train.init_from`: a detector checkpoint (.pth or converted dir) to
+     fine-tune; class-dependent head layers are re-initialised when the
+     number of classes differs;
+  3. `train.init_backbone_from`: an ImageNet backbone .pth file;
+  4. random initialisation.
+
+One jitted step runs over a 1-D 'data' mesh of every device of every
+process (`jax.distributed` for multi-host). Checkpoints are written
+asynchronously and atomically every `train.checkpoint_every` steps and at
+the end; SIGTERM saves and exits; a non-finite loss stops the run naming the
+step and the loss.
+"""
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from maskrcnn_jax.models import build
+from maskrcnn_jax.train import checkpointing
+from maskrcnn_jax.train import init as init_lib
+from maskrcnn_jax.train import losses as losses_lib
+from maskrcnn_jax.train import metrics_log
+from maskrcnn_jax.train import optim
+from maskrcnn_jax.train import state as state_lib
+from maskrcnn_jax.train import train_data
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+  """A loss became NaN or Inf."""
+
+
+class _Terminate:
+  """Remembers SIGTERM/SIGINT so the loop can save and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    log.warning('received signal %d: saving a checkpoint and exiting', signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def initialize_distributed(coordinator_address: Optional[str],
+                           num_processes: Optional[int],
+                           process_id: Optional[int]):
+  """jax.distributed for multi-process runs (CPU uses gloo collectives)."""
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+  log.info('process %d of %d, %d local / %d global devices',
+           jax.process_index(), jax.process_count(), jax.local_device_count(),
+           jax.device_count())
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def check_batch_layout(config: ml_collections.ConfigDict, num_devices: int):
+  """The global batch must split evenly over devices and loss groups."""
+  t = config.train
+  gb, group = t.global_batch_size, t.images_per_group
+  if gb % num_devices:
+    raise ValueError(
+        f'train.global_batch_size={gb} does not divide over {num_devices} '
+        f'devices; use a multiple of {num_devices}')
+  if (gb // num_devices) % group:
+    raise ValueError(
+        f'{gb // num_devices} images per device do not split into groups of '
+        f'train.images_per_group={group}')
+  if gb % jax.process_count():
+    raise ValueError(f'train.global_batch_size={gb} does not divide over '
+                     f'{jax.process_count()} processes')
+
+
+def _to_float(metrics) -> Dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       max_steps: Optional[int] = None) -> Dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it has checkpoints).
+
+  Args:
+    config: a locked model-zoo or quick-start config.
+    workdir: output folder (checkpoints, metrics.jsonl, TensorBoard, config).
+    max_steps: stop after this global step (for tests/smoke runs); the
+      schedule still follows the config.
+
+  Returns:
+    dict with the final step, the last logged metrics and the last
+    evaluation metrics (if any).
+  """
+  t = config.train
+  mesh = make_mesh()
+  check_batch_layout(config, mesh.size)
+  os.makedirs(workdir, exist_ok=True)
+  data = train_data.TrainData(config, seed=t.seed)
+  steps_per_epoch = optim.iters_per_epoch(len(data), t.global_batch_size)
+  num_steps = optim.total_steps(config, steps_per_epoch)
+  if max_steps is not None:
+    num_steps = min(num_steps, max_steps)
+
+  model = build.build_model(config)
+  tx, schedule = optim.make_optimizer(config, build.abstract_variables(
+      config)['params'], steps_per_epoch)
+  frozen = jax.tree_util.tree_map(
+      lambda m: not m, optim.trainable_mask(
+          build.abstract_variables(config)['params'], config))
+  loss_cfg = losses_lib.loss_config_from(
+      config, images_per_group=t.images_per_group)
+  train_step = state_lib.make_train_step(model, tx, loss_cfg, mesh, frozen)
+
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  mgr = checkpointing.manager(ckpt_dir, t.keep_checkpoints)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def fresh_state():
+    variables = init_lib.initial_variables(config, data.class_names)
+    return state_lib.create_train_state(
+        variables, tx, jax.random.PRNGKey(t.seed),
+        state_lib.LossScale.create(
+            t.loss_scale if config.model.dtype == 'float16' else None))
+
+  abstract = jax.eval_shape(fresh_state)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      abstract)
+  if mgr.latest_step() is not None:
+    state, data_state, meta = checkpointing.restore(mgr, abstract)
+    data.set_state(data_state)
+    log.info('resumed from %s at step %d', ckpt_dir, int(state.step))
+  else:
+    state = jax.device_put(fresh_state(), replicated)
+    meta = {}
+  meta = dict(meta, config_name=config.name,
+              class_names=list(data.class_names))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
+      json.dump(list(data.class_names), f)
+
+  writer = metrics_log.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  evaluator = train_data.make_evaluator(config, model)
+  step = int(state.step)
+  start_step = step
+  last_metrics, eval_metrics = {}, {}
+  pending = None  # (step, metrics) of the previous step, fetched lazily
+  t_start = time.time()
+  log.info('compiling the train step (first step is slow) ...')
+
+  def finish(step_metrics):
+    nonlocal last_metrics
+    s, m = step_metrics
+    m = _to_float(m)
+    loss = m['total_loss']
+    if not np.isfinite(loss) and not (config.model.dtype == 'float16' and
+                                      t.loss_scale == 'dynamic'):
+      bad = {k: m[k] for k in losses_lib.LOSS_NAMES if not np.isfinite(m[k])}
+      raise NonFiniteLossError(f'non-finite loss at step {s}: total_loss='
+                               f'{loss}, {bad}')
+    last_metrics = m
+    if s % t.log_every == 0 or s == num_steps:
+      elapsed = time.time() - t_start
+      done = s - start_step
+      ips = done * t.global_batch_size / max(elapsed, 1e-9)
+      eta = (num_steps - s) * elapsed / max(done, 1)
+      writer.write(s, dict(m, lr=float(schedule(s - 1)), images_per_sec=ips),
+                   eta_seconds=eta)
+
+  with _Terminate() as term:
+    while step < num_steps:
+      batch = state_lib.global_batch_array(next(data), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      if pending is not None:
+        finish(pending)
+      pending = (step, metrics)
+      stop = term.requested
+      if step % t.checkpoint_every == 0 or step == num_steps or stop:
+        finish(pending)
+        pending = None
+        checkpointing.save(mgr, step, state, data.get_state(), meta,
+                           force=True)
+      if stop:
+        log.warning('stopped by signal at step %d (checkpoint saved)', step)
+        break
+      if evaluator and t.eval_every and step % t.eval_every == 0:
+        eval_metrics = evaluator(state.params, state.batch_stats)
+        writer.write(step, eval_metrics, prefix='val/')
+    if pending is not None:
+      finish(pending)
+  mgr.wait_until_finished()
+  if evaluator and step == num_steps and not term.requested:
+    eval_metrics = evaluator(state.params, state.batch_stats)
+    writer.write(step, eval_metrics, prefix='val/')
+  writer.close()
+  data.close()
+  return dict(step=step, metrics=last_metrics, eval=eval_metrics,
+              state=state)

@@ -1,0 +1,62 @@
+"""Console, metrics.jsonl and TensorBoard logging of training metrics."""
+
+import datetime
+import json
+import logging
+import os
+from typing import Dict, Optional
+
+log = logging.getLogger(__name__)
+
+_CONSOLE_KEYS = ('total_loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls',
+                 'loss_bbox', 'loss_mask', 'acc')
+
+
+class MetricsWriter:
+  """Writes one JSON line per record and TensorBoard scalars (process 0)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    except ImportError:  # TensorBoard is optional.
+      log.warning('tensorboardX not installed: no TensorBoard events')
+
+  def write(self, step: int, metrics: Dict[str, float], prefix: str = '',
+            eta_seconds: Optional[float] = None):
+    if not self.enabled:
+      return
+    record = {'step': step, **{prefix + k: v for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+          self._tb.add_scalar(prefix + k, v, step)
+      self._tb.flush()
+    parts = [f'step {step}']
+    for k in _CONSOLE_KEYS:
+      if k in metrics:
+        parts.append(f'{k} {metrics[k]:.4f}')
+    if 'lr' in metrics:
+      parts.append(f'lr {metrics["lr"]:.2e}')
+    if 'images_per_sec' in metrics:
+      parts.append(f'{metrics["images_per_sec"]:.2f} img/s')
+    if eta_seconds is not None:
+      parts.append(f'eta {datetime.timedelta(seconds=int(eta_seconds))}')
+    if prefix:
+      parts += [f'{prefix}{k} {v:.4f}' for k, v in metrics.items()
+                if isinstance(v, (int, float))][:8]
+    print(' | '.join(parts), flush=True)
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,48 @@
+"""Trains a Mask R-CNN config.
+
+  python train.py --config=configs/r101_fpn_2x.py [--workdir=DIR] \
+      [--config.train.global_batch_size=16] [--config.x=...]
+
+Starting again with an existing workdir resumes exactly where the last
+checkpoint left off. Multi-host: run the same command on every host with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or
+the cluster's environment, which jax.distributed detects).
+"""
+
+import logging
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from maskrcnn_jax.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'output folder (default: work_dirs/<config name>)')
+_MAX_STEPS = flags.DEFINE_integer('max_steps', None,
+                                  'stop after this step (smoke runs)')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'jax.distributed coordinator host:port')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'number of processes (hosts)')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'this process index')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO,
+                      format='%(asctime)s %(levelname)s %(message)s')
+  if _COORDINATOR.value or _NUM_PROCESSES.value:
+    loop.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                _PROCESS_ID.value)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join('work_dirs', config.name)
+  loop.train_and_evaluate(config, workdir, max_steps=_MAX_STEPS.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
