@@ -14,6 +14,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from maskrcnn_jax.train import loop
@@ -36,6 +37,7 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO,
                       format='%(asctime)s %(levelname)s %(message)s')
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO chatter
   if _COORDINATOR.value or _NUM_PROCESSES.value:
     loop.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)

@@ -133,7 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
       scales=((1333, 800),),     # (long, short); 'range' uses [min, max] short
       flip_prob=0.5,
       mask_format='bitmap',      # 'bitmap' (poly2mask) | 'polygon'
-      max_instances=100,
+      max_instances=100,         # GT instances per image (padded)
+      max_ignored=32,            # crowd boxes per image (padded)
+      mask_crop=112,             # compact GT mask grid (see data.transforms)
+      max_polygon_vertices=256,  # polygon recipes: padded vertex count
       # RPN targets.
       rpn_pos_iou=0.7,
       rpn_neg_iou=0.3,
@@ -187,6 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
       train_images='data/coco/train2017',
       val_ann='data/coco/annotations/instances_val2017.json',
       val_images='data/coco/val2017',
+      # dict(num_train, num_val, image_size, seed): generate a synthetic
+      # set under `root` on first use (configs/quickstart.py).
+      synthetic=None,
   ))
   return c
 

@@ -48,11 +48,13 @@ class FrozenBatchNorm(nn.Module):
   """
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  zero_init: bool = False  # scale starts at 0 (zero_init_residual)
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
+    scale = self.param('scale', init, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
     var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)

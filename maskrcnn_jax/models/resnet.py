@@ -58,8 +58,8 @@ class Bottleneck(nn.Module):
       width = (self.planes * self.base_width // 64) * self.groups
     s1, s2 = (1, self.stride) if self.style == 'pytorch' else (self.stride, 1)
     kw = dict(dtype=self.dtype, precision=self.precision)
-    bn = lambda name: layers.FrozenBatchNorm(self.norm_eps, self.dtype,
-                                             name=name)
+    bn = lambda name, zero=False: layers.FrozenBatchNorm(
+        self.norm_eps, self.dtype, zero_init=zero, name=name)
     out = layers.conv(width, 1, s1, name='conv1', **kw)(x)
     out = nn.relu(bn('bn1')(out))
     out = layers.mask_padding(out, pad_hw, self.in_stride * s1)
@@ -67,7 +67,9 @@ class Bottleneck(nn.Module):
                       **kw)(out)
     out = nn.relu(bn('bn2')(out))
     out = layers.conv(4 * self.planes, 1, name='conv3', **kw)(out)
-    out = bn('bn3')(out)
+    # MMDetection's ResNet(zero_init_residual=True): each residual branch
+    # starts as zero, so a randomly initialised network is well behaved.
+    out = bn('bn3', True)(out)
     if self.downsample:
       x = Downsample(4 * self.planes, self.stride, self.norm_eps, self.dtype,
                      self.precision, name='downsample')(x)
@@ -123,8 +125,8 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet depth must be one of {sorted(STAGE_BLOCKS)},'
                        f' got {self.depth}')
     x = x.astype(self.dtype)
-    x = layers.conv(self.base_channels, 7, 2, dtype=self.dtype, precision=self.precision,
-                    name='conv1')(x)
+    x = layers.conv(self.base_channels, 7, 2, dtype=self.dtype,
+                    precision=self.precision, name='conv1')(x)
     x = layers.FrozenBatchNorm(self.norm_eps, self.dtype, name='bn1')(x)
     x = nn.relu(x)
     # Post-ReLU values are >= 0, so zeroed padding equals -inf padding.
@@ -137,8 +139,8 @@ class ResNet(nn.Module):
     in_stride = 4
     for s, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
       stride = 1 if s == 0 else 2
-      x = ResLayer(num_blocks, self.base_channels * 2 ** s, stride, in_stride, block_kwargs,
-                   name=f'layer{s + 1}')(x, pad_hw)
+      x = ResLayer(num_blocks, self.base_channels * 2 ** s, stride,
+                   in_stride, block_kwargs, name=f'layer{s + 1}')(x, pad_hw)
       in_stride *= stride
       outs.append(x)
     return outs

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax import checkpoint as checkpoint_lib
 from maskrcnn_jax.models import build
 from maskrcnn_jax.train import checkpointing
 from maskrcnn_jax.train import init as init_lib
@@ -126,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_batch_layout(config, mesh.size)
   os.makedirs(workdir, exist_ok=True)
   data = train_data.TrainData(config, seed=t.seed)
-  steps_per_epoch = optim.iters_per_epoch(len(data), t.global_batch_size)
+  steps_per_epoch = data.steps_per_epoch
   num_steps = optim.total_steps(config, steps_per_epoch)
   if max_steps is not None:
     num_steps = min(num_steps, max_steps)
@@ -172,7 +173,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       json.dump(list(data.class_names), f)
 
   writer = metrics_log.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  evaluator = train_data.make_evaluator(config, model)
+  evaluator = train_data.make_evaluator(
+      config, data.class_names,
+      show_dir=os.path.join(workdir, 'predictions'))
   step = int(state.step)
   start_step = step
   last_metrics, eval_metrics = {}, {}
@@ -222,9 +225,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if pending is not None:
       finish(pending)
   mgr.wait_until_finished()
-  if evaluator and step == num_steps and not term.requested:
-    eval_metrics = evaluator(state.params, state.batch_stats)
-    writer.write(step, eval_metrics, prefix='val/')
+  if step == num_steps and not term.requested:
+    if jax.process_index() == 0:
+      checkpoint_lib.save_inference_checkpoint(
+          os.path.join(workdir, 'final'),
+          jax.device_get({'params': state.params,
+                          'batch_stats': state.batch_stats}),
+          data.class_names, config.name, overwrite=True,
+          source=f'{workdir} step {step}')
+    if evaluator:
+      eval_metrics = evaluator(state.params, state.batch_stats)
+      writer.write(step, eval_metrics, prefix='val/')
   writer.close()
   data.close()
   return dict(step=step, metrics=last_metrics, eval=eval_metrics,

@@ -38,7 +38,8 @@ class MetricsWriter:
     if self._tb is not None:
       for k, v in metrics.items():
         if isinstance(v, (int, float)):
-          self._tb.add_scalar(prefix + k, v, step)
+          tag = (prefix + k).replace('@', '_at_')
+          self._tb.add_scalar(tag, v, step)
       self._tb.flush()
     parts = [f'step {step}']
     for k in _CONSOLE_KEYS:
