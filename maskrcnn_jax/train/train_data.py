@@ -63,7 +63,10 @@ class TrainData:
     self._it.set_state(state)
 
   def close(self) -> None:
-    self._it = None
+    """Stops the loader's worker processes."""
+    if self._it is not None:
+      self._it.close()
+      self._it = None
 
 
 def make_evaluator(config: ml_collections.ConfigDict, class_names,
