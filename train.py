@@ -37,7 +37,8 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO,
                       format='%(asctime)s %(levelname)s %(message)s')
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO chatter
+  absl_logging.set_verbosity(absl_logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's INFO chatter
   if _COORDINATOR.value or _NUM_PROCESSES.value:
     loop.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)

@@ -3,11 +3,19 @@
 import os
 import sys
 
+import tempfile
+
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+# One persistent XLA compilation cache for this test session, shared with
+# the subprocesses the tests start (train.py runs compile the same
+# programs), so each program is compiled once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='maskrcnn_jax_xla_cache_'))
 
 # Small canvases keep CPU compile/run times of full models low in unit tests.
 SMALL_INPUT = ['input.test_scale=(640, 384)',

@@ -226,13 +226,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       finish(pending)
   mgr.wait_until_finished()
   if step == num_steps and not term.requested:
-    if jax.process_index() == 0:
-      checkpoint_lib.save_inference_checkpoint(
-          os.path.join(workdir, 'final'),
-          jax.device_get({'params': state.params,
-                          'batch_stats': state.batch_stats}),
-          data.class_names, config.name, overwrite=True,
-          source=f'{workdir} step {step}')
+    # Every process takes part (orbax synchronises them); host 0 writes.
+    checkpoint_lib.save_inference_checkpoint(
+        os.path.join(workdir, 'final'),
+        jax.device_get({'params': state.params,
+                        'batch_stats': state.batch_stats}),
+        data.class_names, config.name, overwrite=True,
+        source=f'{workdir} step {step}')
     if evaluator:
       eval_metrics = evaluator(state.params, state.batch_stats)
       writer.write(step, eval_metrics, prefix='val/')

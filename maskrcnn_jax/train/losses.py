@@ -92,7 +92,7 @@ def loss_config_from(config, deterministic: bool = False,
 def _group_mean(num, den, group: int):
   """mean over groups of (sum of num) / (sum of den); num, den: (B,)."""
   b = num.shape[0]
-  group = group if 0 < group <= b else b
+  group = group if group > 0 else b
   if b % group:
     raise ValueError(f'batch of {b} images does not split into groups of '
                      f'{group}')
@@ -145,10 +145,10 @@ def rpn_losses(module, feats, batch, rng, cfg: LossConfig):
 
   b = all_logits.shape[0]
   pos, neg, target, avg = jax.vmap(targets)(
-      batch['gt_boxes'], batch['gt_valid'], all_valid, jax.random.split(rng, b))
+      batch['gt_boxes'], batch['gt_valid'], all_valid, rng)
   avg = avg.astype(jnp.float32)
   # The eps of weight_reduce_loss is added once per group.
-  avg = avg + _EPS * (jnp.arange(b) % max(cfg.images_per_group or b, 1) == 0)
+  avg = avg + _EPS * (jnp.arange(b) % (cfg.images_per_group or b) == 0)
   cls = _bce_with_logits(all_logits, pos.astype(jnp.float32))
   cls_sum = jnp.sum(jnp.where(pos | neg, cls, 0.0), axis=1)
   l1 = jnp.abs(all_deltas - target).sum(-1)
@@ -202,11 +202,11 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
   b = proposals.shape[0]
   rois, valid, is_pos, labels, targets, assigned = jax.vmap(sample)(
       batch['gt_boxes'], batch['gt_labels'], batch['gt_valid'], proposals,
-      proposals_valid, jax.random.split(rng, b))
+      proposals_valid, rng)
   rois = jax.lax.stop_gradient(rois)
   cls, reg = module.box_head(feats, rois, batch['pad_hw'])
   group = cfg.images_per_group
-  first = (jnp.arange(b) % max(group or b, 1) == 0).astype(jnp.float32)
+  first = (jnp.arange(b) % (group or b) == 0).astype(jnp.float32)
   num_sampled = valid.sum(1).astype(jnp.float32)  # per image
   log_probs = jax.nn.log_softmax(cls, axis=-1)
   ce = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
@@ -256,6 +256,11 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
               rcnn_num_sampled=valid.sum(), mask_rois_overflow=overflow)
 
 
+def _is_key_batch(rng, b: int) -> bool:
+  """(B, 2) uint32 raw keys, one per image."""
+  return rng.ndim == 2 and rng.shape[0] == b
+
+
 def detector_losses(module, batch: Dict[str, jax.Array], rng,
                     cfg: LossConfig):
   """All losses of one batch; use as `model.apply(..., method=...)`.
@@ -266,13 +271,18 @@ def detector_losses(module, batch: Dict[str, jax.Array], rng,
       gt_boxes (B, M, 4) XYXY on the resized image, gt_labels (B, M),
       gt_valid (B, M), and gt_masks (B, M, S, S) uint8 (compact) or
       gt_bitmaps (B, M, Hc, Wc) (bitmap mode).
-    rng: PRNG key of the samplers.
+    rng: PRNG key of the samplers, or (B,) per-image keys (then the
+      samples of an image do not depend on how the batch is split over
+      devices).
     cfg: LossConfig.
 
   Returns:
     (total_loss, dict of the five losses, acc and counters).
   """
-  rng_rpn, rng_rcnn = jax.random.split(rng)
+  b = batch['images'].shape[0]
+  keys = rng if _is_key_batch(rng, b) else jax.random.split(rng, b)
+  rng_rpn = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+  rng_rcnn = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   feats = module.features(batch['images'], batch['image_hw'], batch['pad_hw'])
   rpn, proposals, proposals_valid = rpn_losses(module, feats, batch, rng_rpn,
                                                cfg)

@@ -83,18 +83,17 @@ def make_train_step(model, tx: optax.GradientTransformation,
   """
   num_devices = mesh.size
 
-  def local_grads(params, batch_stats, batch, rng, scale):
+  def local_grads(params, batch_stats, batch, keys, scale):
     def loss_fn(p):
       if frozen_mask is not None:
         p = jax.tree_util.tree_map(
             lambda x, f: jax.lax.stop_gradient(x) if f else x, p,
             frozen_mask)
       total, metrics = model.apply(
-          {'params': p, 'batch_stats': batch_stats}, batch, rng, loss_cfg,
+          {'params': p, 'batch_stats': batch_stats}, batch, keys, loss_cfg,
           method=losses_lib.detector_losses)
       return total * scale, metrics
 
-    rng = jax.random.fold_in(rng, jax.lax.axis_index('data'))
     grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, 'data')
     metrics = jax.tree_util.tree_map(
@@ -103,13 +102,18 @@ def make_train_step(model, tx: optax.GradientTransformation,
 
   sharded = jax.shard_map(
       local_grads, mesh=mesh,
-      in_specs=(P(), P(), P('data'), P(), P()),
+      in_specs=(P(), P(), P('data'), P('data'), P()),
       out_specs=(P(), P()), check_vma=False)
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
+    # One sampler key per image of the global batch: results do not depend
+    # on the number of devices.
+    num_images = batch['images'].shape[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+        jnp.arange(num_images))
     scale = state.loss_scale.scale
-    grads, metrics = sharded(state.params, state.batch_stats, batch, rng,
+    grads, metrics = sharded(state.params, state.batch_stats, batch, keys,
                              scale)
     grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
     finite = _all_finite(grads)
