@@ -5,8 +5,9 @@
 
 Starting again with an existing workdir resumes exactly where the last
 checkpoint left off. Multi-host: run the same command on every host with
---coordinator_address=HOST:PORT --num_processes=N --process_id=I (or
-the cluster's environment, which jax.distributed detects).
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I, or with
+--distributed alone where jax.distributed detects the cluster (SLURM, TPU
+pods, ...).
 """
 
 import logging
@@ -30,6 +31,8 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'number of processes (hosts)')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'this process index')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'initialise jax.distributed from the environment')
 flags.mark_flags_as_required(['config'])
 
 
@@ -39,7 +42,7 @@ def main(argv):
                       format='%(asctime)s %(levelname)s %(message)s')
   absl_logging.set_verbosity(absl_logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's INFO chatter
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
+  if _COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value:
     loop.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)
   config = _CONFIG.value

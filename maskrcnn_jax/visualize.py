@@ -35,7 +35,8 @@ def draw_detections(image_rgb: np.ndarray, boxes: np.ndarray,
                     scores: np.ndarray, labels: np.ndarray,
                     masks: Optional[np.ndarray],
                     class_names: Sequence[str],
-                    score_thr: float = 0.3) -> np.ndarray:
+                    score_thr: float = 0.3,
+                    show_scores: bool = True) -> np.ndarray:
   """Draws translucent masks, box outlines and 'name score' captions.
 
   Detections are drawn in increasing score order so that the most confident
@@ -49,6 +50,7 @@ def draw_detections(image_rgb: np.ndarray, boxes: np.ndarray,
     masks: (N, H, W) bool masks, or None to draw boxes only.
     class_names: names indexed by label.
     score_thr: only detections with score >= score_thr are drawn.
+    show_scores: captions 'name score'; False: 'name' only (ground truth).
 
   Returns:
     A new (H, W, 3) uint8 RGB image; an unchanged copy when nothing passes
@@ -87,7 +89,7 @@ def draw_detections(image_rgb: np.ndarray, boxes: np.ndarray,
     cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
     label = int(labels[i])
     name = class_names[label] if 0 <= label < len(class_names) else str(label)
-    caption = f'{name} {float(scores[i]):.2f}'
+    caption = f'{name} {float(scores[i]):.2f}' if show_scores else name
     (tw, th), base = cv2.getTextSize(caption, font, font_scale, 1)
     # Caption above the box, or inside it when there is no room above.
     tx = min(max(x1, 0), max(img_w - tw, 0))

@@ -128,3 +128,29 @@ def test_finetune_merge_reinitialises_class_heads():
   del broken['params']['neck']['fpn_convs']['0']
   with pytest.raises(ValueError, match='missing params/neck/fpn_convs/0'):
     init_lib.merge_detector(fresh, broken)
+
+
+def test_imagenet_backbone_init_from_torchvision_pth(tmp_path):
+  torch = pytest.importorskip('torch')
+  from maskrcnn_jax.convert import mmdet
+  c = config_lib.load_config('configs/r50_fpn_1x.py')
+  source = jax.device_get(build.init_variables(c, jax.random.PRNGKey(7)))
+  state_dict = mmdet.variables_to_state_dict(source, c)
+  tv = {k[len('backbone.'):]: torch.from_numpy(np.asarray(v))
+        for k, v in state_dict.items() if k.startswith('backbone.')}
+  tv['fc.weight'] = torch.zeros(1000, 2048)  # ImageNet classifier: ignored
+  tv['fc.bias'] = torch.zeros(1000)
+  path = tmp_path / 'resnet50.pth'
+  torch.save(tv, path)
+  c = config_lib.load_config('configs/r50_fpn_1x.py',
+                             [f'train.init_backbone_from={path}',
+                              'train.seed=3'])
+  variables = init_lib.initial_variables(c, ['x'] * 80)
+  for col in ('params', 'batch_stats'):
+    for a, b in zip(jax.tree_util.tree_leaves(variables[col]['backbone']),
+                    jax.tree_util.tree_leaves(source[col]['backbone'])):
+      np.testing.assert_array_equal(a, b)
+  # Everything else stays randomly initialised from train.seed.
+  assert not np.array_equal(
+      variables['params']['neck']['fpn_convs']['0']['conv']['kernel'],
+      source['params']['neck']['fpn_convs']['0']['conv']['kernel'])

@@ -189,3 +189,29 @@ def test_config_typo_fails_clearly(tmp_path):
   r = _run([sys.executable, 'train.py', '--config=configs/quickstart.py',
             f'--workdir={tmp_path}', '--config.train.epoch=3'])
   assert r.returncode != 0 and 'epoch' in r.stderr
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_half_precision_train_steps(tiny_data, dtype):
+  from maskrcnn_jax.models import build
+  from maskrcnn_jax.train import losses, optim
+  from maskrcnn_jax.train import state as st
+  from maskrcnn_jax.train import train_data
+  c = config_lib.load_config('configs/quickstart.py', tiny_overrides(
+      tiny_data, **{'model.dtype': dtype}))
+  data = train_data.TrainData(c)
+  model = build.build_model(c)
+  variables = jax.device_get(build.init_variables(c, jax.random.PRNGKey(0)))
+  tx, _ = optim.make_optimizer(c, variables['params'], 10)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  step = st.make_train_step(model, tx, losses.loss_config_from(
+      c, images_per_group=2), mesh)
+  scale = st.LossScale.create('dynamic' if dtype == 'float16' else None)
+  state = st.create_train_state(variables, tx, jax.random.PRNGKey(0), scale)
+  for _ in range(2):
+    state, metrics = step(state, st.global_batch_array(next(data), mesh))
+  assert np.isfinite(float(metrics['total_loss']))
+  assert jax.tree_util.tree_leaves(state.params)[0].dtype == np.float32
+  if dtype == 'float16':
+    # Overflowing steps are skipped and halve the scale; finite ones count.
+    assert float(state.loss_scale.scale) <= 2.0 ** 16

@@ -104,3 +104,16 @@ def test_detections_to_records_empty_and_no_masks():
   recs = visualize.detections_to_records('a.png', boxes, scores, labels, None,
                                          CLASS_NAMES)
   assert len(recs) == 3 and 'segmentation' not in recs[0]
+
+
+def test_draw_without_scores_for_ground_truth():
+  image, boxes, scores, labels, masks = _scene()
+  with_scores = visualize.draw_detections(image, boxes, scores, labels, masks,
+                                          CLASS_NAMES, score_thr=0.3)
+  names_only = visualize.draw_detections(image, boxes, scores, labels, masks,
+                                         CLASS_NAMES, score_thr=0.3,
+                                         show_scores=False)
+  changed = np.any(with_scores != names_only, axis=-1)
+  assert changed.any()  # shorter captions
+  # Masks away from the captions are drawn the same.
+  assert not changed[50:70, 30:50].any()

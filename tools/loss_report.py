@@ -33,12 +33,14 @@ def main(argv=None):
   p.add_argument('--images', required=True, help='image folder')
   p.add_argument('--deterministic-sampling', action='store_true')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--file-names', nargs='*', default=None,
+                 help='only these images (file_name in the annotations)')
   p.add_argument('--config-override', action='append', default=[])
   args = p.parse_args(argv)
   config = config_lib.load_config(args.config, args.config_override)
   report = loss_report.loss_report(config, args.checkpoint, args.ann,
                                    args.images, args.deterministic_sampling,
-                                   args.seed)
+                                   args.seed, args.file_names)
   json.dump(report, sys.stdout, indent=1)
   print()
 

@@ -146,14 +146,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mgr = checkpointing.manager(ckpt_dir, t.keep_checkpoints)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
+  loss_scale = state_lib.LossScale.create(
+      t.loss_scale if config.model.dtype == 'float16' else None)
+
   def fresh_state():
     variables = init_lib.initial_variables(config, data.class_names)
     return state_lib.create_train_state(
-        variables, tx, jax.random.PRNGKey(t.seed),
-        state_lib.LossScale.create(
-            t.loss_scale if config.model.dtype == 'float16' else None))
+        variables, tx, jax.random.PRNGKey(t.seed), loss_scale)
 
-  abstract = jax.eval_shape(fresh_state)
+  # Shapes only: random init traced abstractly, no checkpoint file read.
+  abstract = jax.eval_shape(lambda: state_lib.create_train_state(
+      build.init_variables(config, jax.random.PRNGKey(0)), tx,
+      jax.random.PRNGKey(t.seed), loss_scale))
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       abstract)
@@ -179,6 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = int(state.step)
   start_step = step
   last_metrics, eval_metrics = {}, {}
+  evaluated_at = None
   pending = None  # (step, metrics) of the previous step, fetched lazily
   t_start = time.time()
   log.info('compiling the train step (first step is slow) ...')
@@ -221,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
       if evaluator and t.eval_every and step % t.eval_every == 0:
         eval_metrics = evaluator(state.params, state.batch_stats)
+        evaluated_at = step
         writer.write(step, eval_metrics, prefix='val/')
     if pending is not None:
       finish(pending)
@@ -233,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         'batch_stats': state.batch_stats}),
         data.class_names, config.name, overwrite=True,
         source=f'{workdir} step {step}')
-    if evaluator:
+    if evaluator and evaluated_at != step:
       eval_metrics = evaluator(state.params, state.batch_stats)
       writer.write(step, eval_metrics, prefix='val/')
   writer.close()

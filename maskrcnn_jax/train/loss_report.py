@@ -9,7 +9,7 @@ MMDetection's.
 """
 
 import collections
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,8 +64,12 @@ def example_batch(record, config) -> Dict[str, np.ndarray]:
 
 
 def loss_report(config, checkpoint: str, ann_file: str, image_dir: str,
-                deterministic: bool = False, seed: int = 0) -> List[dict]:
-  """One entry per image: file_name, losses, total_loss, grad norms."""
+                deterministic: bool = False, seed: int = 0,
+                file_names: Optional[Sequence[str]] = None) -> List[dict]:
+  """One entry per image: file_name, losses, total_loss, grad norms.
+
+  `file_names` restricts the report to those images (in dataset order).
+  """
   model = build.build_model(config)
   variables, _ = checkpoint_lib.load_detector_variables(
       checkpoint, config, expected=build.abstract_variables(config))
@@ -84,6 +88,8 @@ def loss_report(config, checkpoint: str, ann_file: str, image_dir: str,
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   report = []
   for i, record in enumerate(dataset.records):
+    if file_names is not None and record.file_name not in file_names:
+      continue
     batch = example_batch(record, config)
     (total, metrics), grads = grad_fn(variables['params'], batch,
                                       jax.random.PRNGKey(seed + i))

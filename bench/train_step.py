@@ -1,0 +1,101 @@
+"""Training step benchmark: R-50-FPN, 2 images of 800x1344 per device.
+
+  python bench/train_step.py [--config configs/r50_fpn_1x.py] [--steps 5]
+      [--images-per-device 2] [--dtype float32|bfloat16]
+
+Times the jitted train step (forward, losses with MMDetection's samplers,
+backward, SGD update) on a synthetic batch with 10 GT instances per image,
+after compilation, and reports peak memory: the device's peak bytes in use
+where the backend reports it (GPUs), else the process's peak resident set.
+"""
+
+import argparse
+import resource
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from maskrcnn_jax import config as config_lib
+from maskrcnn_jax.models import build
+from maskrcnn_jax.train import losses
+from maskrcnn_jax.train import optim
+from maskrcnn_jax.train import state as state_lib
+
+
+def synthetic_batch(config, n_images, canvas=(800, 1344), num_gt=10, seed=0):
+  rng = np.random.default_rng(seed)
+  m, s = config.train.max_instances, config.train.mask_crop
+  h, w = canvas
+  boxes = np.zeros((n_images, m, 4), np.float32)
+  xy = rng.uniform(0, [w - 200, h - 200], (n_images, num_gt, 2))
+  wh = rng.uniform(20, 200, (n_images, num_gt, 2))
+  boxes[:, :num_gt] = np.concatenate([xy, xy + wh], -1)
+  valid = np.zeros((n_images, m), bool)
+  valid[:, :num_gt] = True
+  labels = np.where(valid, rng.integers(0, config.model.num_classes,
+                                        (n_images, m)), -1).astype(np.int32)
+  masks = np.zeros((n_images, m, s, s), np.uint8)
+  masks[:, :num_gt, s // 4:3 * s // 4, s // 4:3 * s // 4] = 255
+  return dict(images=rng.integers(0, 255, (n_images, h, w, 3), np.uint8),
+              image_hw=np.tile([[800, 1199]], (n_images, 1)).astype(np.int32),
+              pad_hw=np.tile([[800, 1216]], (n_images, 1)).astype(np.int32),
+              gt_boxes=boxes, gt_labels=labels, gt_valid=valid,
+              gt_masks=masks)
+
+
+def peak_memory_gib():
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**30, 'device peak'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, (
+      'process max RSS')
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--config', default='configs/r50_fpn_1x.py')
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--images-per-device', type=int, default=2)
+  p.add_argument('--dtype', default='float32')
+  args = p.parse_args()
+  n_dev = jax.device_count()
+  gb = args.images_per_device * n_dev
+  config = config_lib.load_config(args.config, [
+      f'train.global_batch_size={gb}', f'model.dtype={args.dtype}',
+      'train.images_per_group=2'])
+  model = build.build_model(config)
+  variables = jax.device_get(build.init_variables(config,
+                                                  jax.random.PRNGKey(0)))
+  tx, _ = optim.make_optimizer(config, variables['params'], 1000)
+  frozen = jax.tree_util.tree_map(
+      lambda m: not m, optim.trainable_mask(variables['params'], config))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+  step = state_lib.make_train_step(
+      model, tx, losses.loss_config_from(config, images_per_group=2), mesh,
+      frozen)
+  state = state_lib.create_train_state(variables, tx, jax.random.PRNGKey(0),
+                                       state_lib.LossScale.create(None))
+  batch = state_lib.global_batch_array(synthetic_batch(config, gb), mesh)
+  t0 = time.perf_counter()
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  mem, kind = peak_memory_gib()
+  print(f'device: {jax.devices()[0].device_kind} x {n_dev}; {args.dtype}; '
+        f'{args.images_per_device} images/device of 800x1344')
+  print(f'first step (compile + run) {compile_s:.1f} s; median step '
+        f'{med:.3f} s; {gb / med:.2f} images/s; peak memory {mem:.2f} GiB '
+        f'({kind}); total_loss {float(metrics["total_loss"]):.4f}')
+
+
+if __name__ == '__main__':
+  main()
