@@ -94,8 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
           num_mask_convs=4,
           mask_channels=256,
           # RoIs are processed in chunks of this many; each chunk picks the
-          # smallest exact gather window that covers its RoIs.
-          roi_align_chunk=128,
+          # smallest exact gather window that covers its RoIs (results do
+          # not depend on it). Small chunks fit the windows tightly (best on
+          # CPUs: 16 -> 1.75 s/image vs 2.05 s at 128); on accelerators,
+          # larger chunks (128-512) cut the sequential chunk loop.
+          roi_align_chunk=16,
       ),
   ))
 
