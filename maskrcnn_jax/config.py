@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
           # RoIs are processed in chunks of this many; each chunk picks the
           # smallest exact gather window that covers its RoIs (results do
           # not depend on it). Small chunks fit the windows tightly (best on
-          # CPUs: 16 -> 1.75 s/image vs 2.05 s at 128); on accelerators,
+          # CPUs: 16 -> 1.75 s/image vs 1.97 s at 128); on accelerators,
           # larger chunks (128-512) cut the sequential chunk loop.
           roi_align_chunk=16,
       ),

@@ -4,6 +4,7 @@ import re
 from typing import Any, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -41,11 +42,6 @@ def trainable_mask(params, config) -> Any:
       lambda p, _: not is_frozen([k.key for k in p], config), params)
 
 
-def iters_per_epoch(num_images: int, global_batch: int) -> int:
-  """Iterations of one epoch (the last partial batch is dropped)."""
-  return max(num_images // global_batch, 1)
-
-
 def learning_rate(config: ml_collections.ConfigDict,
                   steps_per_epoch: int) -> optax.Schedule:
   """Linear warmup (by iteration) then x0.1 at the epoch milestones.
@@ -61,7 +57,6 @@ def learning_rate(config: ml_collections.ConfigDict,
                 for m in t.milestones]
 
   def schedule(step):
-    import jax.numpy as jnp
     step = jnp.asarray(step)
     factor = jnp.where(step < warmup,
                        ratio + (1 - ratio) * step / max(warmup, 1), 1.0)

@@ -81,7 +81,6 @@ def make_train_step(model, tx: optax.GradientTransformation,
   Frozen parameters (`frozen_mask` True) are cut off with stop_gradient,
   so no backward pass runs through the frozen stem and stages.
   """
-  num_devices = mesh.size
 
   def local_grads(params, batch_stats, batch, keys, scale):
     def loss_fn(p):
@@ -132,7 +131,6 @@ def make_train_step(model, tx: optax.GradientTransformation,
 
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
-  del num_devices
   return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
