@@ -400,7 +400,9 @@ _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _LEGACY_PROTOCOL = 1001
 
 
-def _byteswap(data: np.ndarray, itemsize: int) -> np.ndarray:
+def _byteswap(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+  """Byte-swapped `data` (uint8) of `dtype` elements (complex: each part)."""
+  itemsize = dtype.itemsize // (2 if dtype.kind == 'c' else 1)
   if itemsize == 1:
     return data
   return np.ascontiguousarray(data.reshape(-1, itemsize)[:, ::-1]).reshape(-1)
@@ -438,7 +440,7 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
             f'{s.nbytes} ({s.numel} x {s.dtype})')
       data = np.frombuffer(zf.read(name), np.uint8)
       if byteorder != sys.byteorder:
-        data = _byteswap(data, s.dtype.itemsize)
+        data = _byteswap(data, s.dtype)
       s.data = data
 
   return obj, storages, fill
@@ -488,7 +490,7 @@ def _load_legacy(path: str, f, file_size: int):
         continue
       data = np.frombuffer(f.read(s.nbytes), np.uint8)
       if byteorder != sys.byteorder:
-        data = _byteswap(data, s.dtype.itemsize)
+        data = _byteswap(data, s.dtype)
       s.data = data
     missing = [s.key for s in needed if s.data is None]
     _need(not missing, f'storage {missing[:1]} has no data')
