@@ -559,24 +559,32 @@ def test_inference_checkpoint_round_trip(tmp_path, r50_config, r50_variables,
 
 
 def test_cli_in_process(tmp_path, monkeypatch, capsys, r50_state,
-                        r50_expected, r50_pth_legacy):
+                        r50_expected, r50_pth, r50_pth_legacy):
   monkeypatch.setattr(cli, '_abstract_variables', lambda cfg: r50_expected)
   config = os.path.join(REPO, 'configs', 'r50_fpn_1x.py')
-  out = tmp_path / 'out'
-  rc = cli.main(['--config', config, '--checkpoint', r50_pth_legacy,
-                 '--out', str(out), '-v'])
-  captured = capsys.readouterr()
-  assert rc == 0, captured.err
-  assert ('backbone.conv1.weight (64, 3, 7, 7) -> params/backbone/conv1/kernel '
-          '(7, 7, 3, 64)') in captured.out
-  assert ('backbone.bn1.running_mean (64) -> batch_stats/backbone/bn1/mean '
-          '(64)') in captured.out
-  assert 'backbone.bn1.num_batches_tracked -> (dropped)' in captured.out
-  assert f'total parameters: {R50_PARAMS:,}' in captured.out
-  variables, meta = ckpt_lib.load_inference_checkpoint(out)
-  assert meta['config_name'] == 'r50_fpn_1x'
-  assert meta['source'] == os.path.abspath(r50_pth_legacy)
-  assert mmdet.count_parameters(variables) == R50_PARAMS
+  # Both formats, with torch made unimportable: conversion needs no torch.
+  for src in (r50_pth_legacy, r50_pth):
+    out = tmp_path / ('out_' + os.path.basename(src))
+    with monkeypatch.context() as m:
+      m.setitem(sys.modules, 'torch', None)
+      rc = cli.main(['--config', config, '--checkpoint', src,
+                     '--out', str(out), '-v'])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert ('backbone.conv1.weight (64, 3, 7, 7) -> '
+            'params/backbone/conv1/kernel (7, 7, 3, 64)') in captured.out
+    assert ('backbone.bn1.running_mean (64) -> batch_stats/backbone/bn1/mean '
+            '(64)') in captured.out
+    assert 'backbone.bn1.num_batches_tracked -> (dropped)' in captured.out
+    assert f'total parameters: {R50_PARAMS:,}' in captured.out
+    variables, meta = ckpt_lib.load_inference_checkpoint(out)
+    assert meta['config_name'] == 'r50_fpn_1x'
+    assert meta['source'] == os.path.abspath(src)
+    assert tuple(meta['class_names']) == COCO_CLASSES
+    assert mmdet.count_parameters(variables) == R50_PARAMS
+    np.testing.assert_array_equal(
+        variables['params']['backbone']['conv1']['kernel'],
+        r50_state['backbone.conv1.weight'].transpose(2, 3, 1, 0))
   # A mismatching checkpoint: message on stderr, exit status 1, no output.
   bad = OrderedDict(r50_state)
   del bad['rpn_head.rpn_cls.bias']

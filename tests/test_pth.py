@@ -360,6 +360,13 @@ def test_tensor_geometry_is_bounds_checked(tmp_path):
       pth.read_pth(path)
     msg = str(info.value)
     assert path in msg and what in msg and '\n' not in msg, msg
+  # Storages that only other entries (the optimizer's) use are never read.
+  lazy = _write_zip(
+      tmp_path / 'lazy.pth',
+      {'state_dict': {'a': _Tensor(s, 0, (4,), (1,))},
+       'optimizer': {'m': _Tensor(_Storage('1', torch.FloatStorage, 9), 0,
+                                  (9,), (1,))}}, data)
+  assert pth.read_pth(lazy)[0]['a'].tolist() == [0, 1, 2, 3]
   short = _write_zip(tmp_path / 'short.pth', {'a': _Tensor(s, 0, (4,), (1,))},
                      {'0': data['0'][:12]})
   with pytest.raises(pth.CheckpointFormatError, match='has 12 bytes'):
