@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import types
+import warnings
 import zipfile
 
 import numpy as np
@@ -233,7 +234,9 @@ class _IdRecorder(pickle.Unpickler):
     return super().find_class(module, name)
 
   def persistent_load(self, pid):
-    dtype = pid[1].dtype  # complex numbers swap each part
+    with warnings.catch_warnings():  # TypedStorage is deprecated
+      warnings.simplefilter('ignore')
+      dtype = pid[1].dtype  # complex numbers swap each part
     self.storages[pid[2]] = (dtype.itemsize,
                              dtype.itemsize // (2 if dtype.is_complex else 1))
 
@@ -300,10 +303,11 @@ def test_big_endian_byteorder_is_honoured(tmp_path, fmt):
 
 
 class _Storage:
-  """Pickled as the persistent id of a storage by `_write_zip`."""
+  """Pickled as the persistent id of a storage by `_write_zip`/`_legacy`."""
 
-  def __init__(self, key, storage_type, numel):
+  def __init__(self, key, storage_type, numel, view=None):
     self.key, self.storage_type, self.numel = key, storage_type, numel
+    self.view = view  # legacy storage view: (view_key, offset, numel)
 
 
 class _Tensor:
@@ -317,18 +321,19 @@ class _Tensor:
     return (self.rebuild, self.args)
 
 
+class _Pickler(pickle.Pickler):
+
+  def persistent_id(self, obj):
+    if isinstance(obj, _Storage):
+      pid = ('storage', obj.storage_type, obj.key, 'cpu', obj.numel)
+      return pid if obj.view is None else pid + (obj.view,)
+    return None
+
+
 def _write_zip(path, obj, storages, byteorder=b'little'):
   """A hand-made zip-format checkpoint (tensors as `_Tensor`s)."""
-
-  class Pickler(pickle.Pickler):
-
-    def persistent_id(self, o):
-      if isinstance(o, _Storage):
-        return ('storage', o.storage_type, o.key, 'cpu', o.numel)
-      return None
-
   buf = io.BytesIO()
-  Pickler(buf, protocol=2).dump(obj)
+  _Pickler(buf, protocol=2).dump(obj)
   with zipfile.ZipFile(path, 'w') as z:
     z.writestr('archive/data.pkl', buf.getvalue())
     z.writestr('archive/byteorder', byteorder)
@@ -387,6 +392,46 @@ def test_tensor_geometry_is_bounds_checked(tmp_path):
     pth.read_pth(unknown)
 
 
+def _write_legacy(path, obj, storages):
+  """A hand-made legacy checkpoint; `storages`: key -> (count, bytes)."""
+  buf = io.BytesIO()
+  for header in (0x1950a86a20f9469cfc6c, 1001, {'little_endian': True}):
+    pickle.dump(header, buf, protocol=2)
+  _Pickler(buf, protocol=2).dump(obj)
+  pickle.dump(sorted(storages), buf, protocol=2)
+  for key in sorted(storages):
+    count, data = storages[key]
+    buf.write(count.to_bytes(8, 'little') + data)
+  with open(path, 'wb') as f:
+    f.write(buf.getvalue())
+  return str(path)
+
+
+def test_legacy_storage_views_and_counts(tmp_path):
+  data = np.arange(6, dtype=np.float32).tobytes()
+  view = _Storage('0', torch.FloatStorage, 6, ('v', 2, 3))  # elements 2..4
+  ok = _write_legacy(tmp_path / 'view.pth',
+                     {'a': _Tensor(view, 0, (3,), (1,)),
+                      'b': _Tensor(_Storage('0', torch.FloatStorage, 6), 4,
+                                   (2,), (1,))}, {'0': (6, data)})
+  got, _ = pth.read_pth(ok)
+  assert got['a'].tolist() == [2, 3, 4] and got['b'].tolist() == [4, 5]
+  past = _write_legacy(tmp_path / 'past.pth',
+                       {'a': _Tensor(view, 1, (3,), (1,))}, {'0': (6, data)})
+  with pytest.raises(pth.CheckpointFormatError, match='runs past the end'):
+    pth.read_pth(past)
+  s = _Storage('0', torch.FloatStorage, 6)
+  for name, storages, what in [
+      ('count', {'0': (5, data[:20])}, 'holds 5 elements'),
+      ('short', {'0': (6, data[:20])}, 'truncated'),
+      ('extra', {'0': (6, data), '1': (1, b'x')}, 'not used by the pickle')]:
+    path = _write_legacy(tmp_path / f'{name}.pth', {'a': _Tensor(s, 0, (6,),
+                                                                  (1,))},
+                         storages)
+    with pytest.raises(pth.CheckpointFormatError, match=what):
+      pth.read_pth(path)
+
+
 def test_allow_listed_globals_cannot_be_modified():
   for payload in [
       b'ctorch\nFloatStorage\n}Vdtype\nI1\nsb.',
@@ -426,6 +471,7 @@ def test_truncated_and_corrupt_files(tmp_path, fmt):
     assert str(bad) in msg and '\n' not in msg, (name, msg)
 
 
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch.jit
 def test_other_files_are_refused(tmp_path):
   plain_zip = tmp_path / 'plain.zip'
   with zipfile.ZipFile(plain_zip, 'w') as z:

@@ -643,7 +643,7 @@ def _convert(ckpt, storages, fill):
     try:
       state[name] = _entry_to_numpy(key, value)
     except CheckpointFormatError:
-      if bare:
+      if bare and not isinstance(value, _PendingTensor):
         raise CheckpointFormatError(
             'no "state_dict" entry and the top level is not a bare state dict '
             f'(keys: {sorted(raw)[:10]})') from None
