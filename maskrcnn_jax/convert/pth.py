@@ -247,7 +247,7 @@ _REBUILDERS = tuple(map(_Function, (_rebuild_tensor, _rebuild_tensor_v2,
 
 
 def _rebuild_from_type(func, new_type, args, state):
-  """torch._tensor._rebuild_from_type(_v2): a tensor subclass; kept as a tensor."""
+  """torch._tensor._rebuild_from_type(_v2): a tensor subclass, kept as one."""
   del new_type, state
   if not any(func is f for f in _REBUILDERS):
     raise pickle.UnpicklingError(
@@ -413,12 +413,12 @@ def _need(ok: bool, msg: str):
     raise CheckpointFormatError(msg)
 
 
-def _load_zip(path: str, zf: zipfile.ZipFile):
-  """(object, storages, fill) of a zip-format checkpoint."""
+def _load_zip(zf: zipfile.ZipFile):
+  """(object, fill) of a zip-format checkpoint; fill(storages) reads those."""
   names = zf.namelist()
   pkls = [n for n in names if n.endswith('/data.pkl') and n.count('/') == 1]
-  _need(bool(pkls), 'a zip archive without <name>/data.pkl, so not a torch.save '
-        'checkpoint')
+  _need(bool(pkls), 'a zip archive without <name>/data.pkl, so not a '
+        'torch.save checkpoint')
   first = names[0].split('/')[0] + '/data.pkl'
   prefix = (first if first in pkls else pkls[0])[:-len('data.pkl')]
   byteorder = 'little'
@@ -443,11 +443,11 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
         data = _byteswap(data, s.dtype)
       s.data = data
 
-  return obj, storages, fill
+  return obj, fill
 
 
-def _load_legacy(path: str, f, file_size: int):
-  """(object, storages, fill) of a legacy-format checkpoint."""
+def _load_legacy(f, file_size: int):
+  """(object, fill) of a legacy checkpoint; fill(storages) reads those."""
   try:
     magic = RestrictedUnpickler(f, encoding='utf-8').load()
   except Exception:  # pylint: disable=broad-except
@@ -495,7 +495,7 @@ def _load_legacy(path: str, f, file_size: int):
     missing = [s.key for s in needed if s.data is None]
     _need(not missing, f'storage {missing[:1]} has no data')
 
-  return obj, storages, fill
+  return obj, fill
 
 
 def _tensor_array(t: _PendingTensor) -> np.ndarray:
@@ -558,7 +558,7 @@ def _replace_tensors(obj, memo: Dict[int, Any]):
     memo[id(obj)] = obj
     for i, v in enumerate(obj):
       obj[i] = _replace_tensors(v, memo)
-  elif isinstance(obj, tuple) and type(obj) is tuple:  # pylint: disable=unidiomatic-typecheck
+  elif type(obj) is tuple:  # pylint: disable=unidiomatic-typecheck
     memo[id(obj)] = obj
     new = tuple(_replace_tensors(v, memo) for v in obj)
     if any(a is not b for a, b in zip(new, obj)):
@@ -602,17 +602,16 @@ def _read(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     f.seek(0)
     if head[:4] in (b'PK\x03\x04', b'PK\x05\x06'):
       with zipfile.ZipFile(f) as zf:
-        return _convert(*_load_zip(path, zf))
+        return _convert(*_load_zip(zf))
     _need(head[257:262] != b'ustar',
-          'a tar archive: the tar checkpoint format of PyTorch < 0.4 is not '
+          'a tar archive: the oldest (tar) torch.save format is not '
           'supported')
     file_size = os.fstat(f.fileno()).st_size
-    return _convert(*_load_legacy(path, f, file_size))
+    return _convert(*_load_legacy(f, file_size))
 
 
-def _convert(ckpt, storages, fill):
+def _convert(ckpt, fill):
   """(state_dict, meta) of an unpickled checkpoint (see read_pth)."""
-  del storages
   meta: Dict[str, Any] = {}
   bare = not (isinstance(ckpt, dict) and 'state_dict' in ckpt)
   if not bare:
