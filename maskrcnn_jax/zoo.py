@@ -20,6 +20,7 @@ $MASKRCNN_CACHE_DIR, else work_dirs/checkpoints.
 
 import dataclasses
 import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -43,7 +44,10 @@ CACHE_ENV = 'MASKRCNN_CACHE_DIR'
 # (plain names; the weight enums only add `X.default`/`X.imagenet1k_v1`
 # keys); `open-mmlab://X` -> mmengine/hub/openmmlab.json after
 # mmengine/hub/deprecated.json's renames. tests/test_init_backbone.py checks
-# this table against literal copies of those files.
+# this table against literal copies of those files. (MMDetection's docs name
+# the older torchvision files resnet50-19c8e357.pth / resnet101-5d3b4d8f.pth,
+# which older torchvision releases served; mmengine 0.10 loads the ones
+# below.)
 IMAGENET_URLS = {
     'torchvision://resnet50':
         'https://download.pytorch.org/models/resnet50-0676ba61.pth',
@@ -87,8 +91,11 @@ IMAGENET_ALIASES = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
-  """ImageNet weights could not be downloaded (offline, HTTP error, ...)."""
+class WeightsUnavailableError(OSError):
+  """ImageNet weights could not be downloaded (offline, HTTP error, ...).
+
+  An OSError: entry points report it as a one-line error (the message).
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +267,9 @@ def get_imagenet_weights(name: str, cache_dir: Optional[str] = None
   url = imagenet_url(name)
   path = os.path.join(cache_dir or default_cache_dir(),
                       os.path.basename(url))
+  if not os.path.isfile(path):
+    logging.getLogger(__name__).info('downloading %s (%s) to %s', name, url,
+                                     path)
   try:
     download(url, path)
   except (OSError, ValueError) as e:  # URLError/HTTPError/timeouts are OSError
