@@ -54,6 +54,7 @@ def get_config():
   t.epochs = 12
   t.milestones = (8, 11)
   t.init_backbone = ''
+  t.init_backbone_from = 'none'         # from scratch, no ImageNet weights
   t.log_every = 20
   t.checkpoint_every = 200
   # On 2 cores, loader worker processes would compete with XLA's threads;

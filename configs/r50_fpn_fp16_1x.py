@@ -5,7 +5,8 @@ Convert: python -m maskrcnn_jax.convert --config configs/r50_fpn_fp16_1x.py \
              --checkpoint <mmdet .pth> --out DIR
 
 Mask R-CNN R-50-FPN FP16, pytorch style; 1x (12 epochs, lr x0.1 after epochs 8
-and 11); single scale (1333, 800), bitmap GT masks.
+and 11); single scale (1333, 800), bitmap GT masks. Trains in float16 with a
+dynamic loss scale; evaluates in float32 (test.dtype).
 
 MMDetection 3.x config: configs/mask_rcnn/mask-rcnn_r50_fpn_amp-1x_coco.py
 Checkpoint: mask_rcnn_r50_fpn_fp16_1x_coco_20200205-59faf7e4.pth
@@ -30,7 +31,10 @@ def get_config():
   # Today's 3.x AMP recipe (AmpOptimWrapper: dynamic GradScaler). The published
   # checkpoint (2020-02-05) was trained with mmdet's pre-AMP FP16 and a static
   # loss scale of 512 (spec 4), not this dynamic one.
-  # Evaluating that checkpoint is ordinary fp32 inference (c.model.dtype =
-  # 'float32'); only the 24.1 fps figure was measured in FP16 mode.
   c.train.loss_scale = 'dynamic'
+  # Training computes in float16; evaluation (during training, eval.py,
+  # demo.py) is ordinary float32 inference, as MMDetection evaluates this
+  # row (its test loop runs without autocast); only the 24.1 fps figure was
+  # measured in FP16 mode (eval.py --dtype float16).
+  c.test.dtype = 'float32'
   return c

@@ -55,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       num_classes=80,
-      # Compute dtype: 'float32' (reference parity), 'bfloat16' or 'float16'.
+      # Compute dtype: 'float32' (reference parity), 'bfloat16' or 'float16';
+      # evaluation and inference use test.dtype when that is set.
       dtype='float32',
       # Matmul/conv precision: 'highest' keeps float32 exact on GPUs/TPUs
       # (no TF32); 'default' lets XLA pick faster, less precise passes.
@@ -127,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
       # above score_thr; exact whenever fewer candidates pass score_thr, or
       # when max_per_img boxes survive among them.
       max_candidates=4096,
+      # Compute dtype of evaluation/inference; '' = model.dtype.
+      dtype='',
   ))
 
   # MMDetection train_cfg and data recipe.
@@ -163,6 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
       scale_lr=True,
       momentum=0.9,
       weight_decay=1e-4,
+      # mmengine LinearLR(start_factor=warmup_ratio, begin=0,
+      # end=warmup_iters) by iteration: full rate at warmup_iters - 1.
       warmup_iters=500,
       warmup_ratio=0.001,
       epochs=12,
@@ -171,10 +176,13 @@ def base_config() -> ml_collections.ConfigDict:
       # Mixed precision: loss scale for float16: 'dynamic' or a number as a
       # string (e.g. '512', MMDetection 2.x's static scale).
       loss_scale='dynamic',
-      # Name of the ImageNet weights MMDetection initialises from (for
-      # reference); the file itself is given by init_backbone_from.
+      # ImageNet weights MMDetection initialises the backbone from (its
+      # init_cfg checkpoint name); resolved to mmengine's URL and downloaded
+      # once (maskrcnn_jax.zoo.get_imagenet_weights).
       init_backbone='torchvision://resnet50',
-      init_backbone_from='',     # local ImageNet backbone .pth
+      # '' = the init_backbone weights; a local ImageNet backbone .pth; or
+      # 'none' = train the backbone from random weights.
+      init_backbone_from='',
       init_from='',              # detector .pth / converted dir to fine-tune
       seed=0,
       images_per_group=2,        # MMDetection samples_per_gpu (loss groups)

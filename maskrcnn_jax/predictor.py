@@ -127,7 +127,8 @@ class Predictor:
         divide by the number of devices in `mesh`.
       mesh: 1-D 'data' mesh; default all local devices that divide
         batch_size.
-      dtype: compute dtype override ('float32', 'bfloat16', 'float16').
+      dtype: compute dtype override ('float32', 'bfloat16', 'float16');
+        default `config.test.dtype`, else `config.model.dtype`.
     """
     if len(class_names) != config.model.num_classes:
       raise ValueError(f'{len(class_names)} class names for a model with '
@@ -143,7 +144,8 @@ class Predictor:
       raise ValueError(f'batch_size {batch_size} does not divide over '
                        f'{mesh.size} devices')
     self.mesh = mesh
-    self.model = build.build_model(config, dtype=dtype)
+    self.model = build.build_model(
+        config, dtype=dtype or config.test.get('dtype') or None)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._batch_sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec('data'))

@@ -10,15 +10,22 @@ in the config, `config.mmdet.url`) or, where the reference fixtures
 (../shared/fixtures) are present and the architecture is one of theirs, the
 fixture weights as a real MMDetection `.pth` (deterministic synthetic
 weights: meaningless detections, no network needed).
+
+`get_imagenet_weights` resolves the ImageNet backbone names MMDetection's
+configs give (`train.init_backbone`: `torchvision://resnet50`,
+`open-mmlab://detectron2/resnet50_caffe`, ...) to the file mmengine loads
+for them and downloads it once. Downloads go to `default_cache_dir()`:
+$MASKRCNN_CACHE_DIR, else work_dirs/checkpoints.
 """
 
 import dataclasses
 import glob
+import logging
 import os
 import shutil
 import tempfile
 import urllib.request
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import ml_collections
 
@@ -26,6 +33,69 @@ from maskrcnn_jax import config as config_lib
 from maskrcnn_jax.testing import fixtures
 
 WEIGHT_CHOICES = ('auto', 'fixture', 'zoo')
+DEFAULT_CACHE_DIR = 'work_dirs/checkpoints'
+CACHE_ENV = 'MASKRCNN_CACHE_DIR'
+
+# The ImageNet weights behind MMDetection's `init_cfg=dict(type='Pretrained',
+# checkpoint=NAME)` for the ResNet/ResNeXt backbones this model builds, as
+# mmengine 0.10 (MMDetection 3.3's) resolves NAME
+# (mmengine/runner/checkpoint.py): `torchvision://X` -> `get_torchvision_models()
+# [X]`, which with torchvision >= 0.13 is mmengine/hub/torchvision_0.12.json
+# (plain names; the weight enums only add `X.default`/`X.imagenet1k_v1`
+# keys); `open-mmlab://X` -> mmengine/hub/openmmlab.json after
+# mmengine/hub/deprecated.json's renames. tests/test_init_backbone.py checks
+# this table against literal copies of those files. (MMDetection's docs name
+# the older torchvision files resnet50-19c8e357.pth / resnet101-5d3b4d8f.pth,
+# which older torchvision releases served; mmengine 0.10 loads the ones
+# below.)
+IMAGENET_URLS = {
+    'torchvision://resnet50':
+        'https://download.pytorch.org/models/resnet50-0676ba61.pth',
+    'torchvision://resnet101':
+        'https://download.pytorch.org/models/resnet101-63fe2227.pth',
+    'torchvision://resnet152':
+        'https://download.pytorch.org/models/resnet152-394f9c45.pth',
+    'torchvision://resnext50_32x4d':
+        'https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth',
+    'torchvision://resnext101_32x8d':
+        'https://download.pytorch.org/models/resnext101_32x8d-8ba56ff5.pth',
+    'open-mmlab://detectron/resnet50_caffe':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnet50_caffe-788b5fa3.pth',
+    'open-mmlab://detectron2/resnet50_caffe':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnet50_msra-5891d200.pth',
+    'open-mmlab://detectron/resnet101_caffe':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnet101_caffe-3ad79236.pth',
+    'open-mmlab://detectron2/resnet101_caffe':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnet101_msra-6cc46731.pth',
+    'open-mmlab://detectron2/resnext101_32x8d':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnext101_32x8d-1516f1aa.pth',
+    'open-mmlab://resnext50_32x4d':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnext50-32x4d-0ab1a123.pth',
+    'open-mmlab://resnext101_32x4d':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnext101_32x4d-a5af3160.pth',
+    'open-mmlab://resnext101_64x4d':
+        'https://download.openmmlab.com/pretrain/third_party/'
+        'resnext101_64x4d-ee2c6f71.pth',
+}
+# mmengine/hub/deprecated.json entries that map to a name above.
+IMAGENET_ALIASES = {
+    'open-mmlab://resnet50_caffe': 'open-mmlab://detectron/resnet50_caffe',
+    'open-mmlab://resnet101_caffe': 'open-mmlab://detectron/resnet101_caffe',
+}
+
+
+class WeightsUnavailableError(OSError):
+  """ImageNet weights could not be downloaded (offline, HTTP error, ...).
+
+  An OSError: entry points report it as a one-line error (the message).
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +150,12 @@ def fixture_arch(config) -> Optional[str]:
   return None
 
 
-def download(url: str, path: str) -> str:
+def default_cache_dir() -> str:
+  """Where downloaded weights go: $MASKRCNN_CACHE_DIR or work_dirs/checkpoints."""
+  return os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+
+
+def download(url: str, path: str, timeout: float = 60.0) -> str:
   """Downloads `url` to `path` (atomically) unless `path` exists."""
   if os.path.isfile(path):
     return path
@@ -88,7 +163,8 @@ def download(url: str, path: str) -> str:
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                              suffix='.part')
   try:
-    with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url) as r:
+    with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(
+        url, timeout=timeout) as r:
       shutil.copyfileobj(r, f, length=1 << 20)
     os.replace(tmp, path)
   finally:
@@ -109,7 +185,7 @@ def resolve_weights(config, weights: str = 'auto') -> str:
 
 
 def get_checkpoint(config, weights: str = 'auto',
-                   cache_dir: str = 'work_dirs/checkpoints') -> str:
+                   cache_dir: Optional[str] = None) -> str:
   """An MMDetection `.pth` for `config`; returns its path.
 
   Args:
@@ -120,7 +196,8 @@ def get_checkpoint(config, weights: str = 'auto',
       torch); 'auto' is 'fixture' where possible, else 'zoo'; anything else
       is taken as the path of an existing checkpoint (.pth or converted
       directory) and returned unchanged.
-    cache_dir: where downloads and fixture files go.
+    cache_dir: where downloads and fixture files go (default:
+      `default_cache_dir()`).
 
   Raises:
     ValueError: no fixture weights fit the config, or it has no URL.
@@ -130,6 +207,7 @@ def get_checkpoint(config, weights: str = 'auto',
     if not os.path.exists(weights):
       raise FileNotFoundError(f'checkpoint not found: {weights}')
     return weights
+  cache_dir = cache_dir or default_cache_dir()
   kind = resolve_weights(config, weights)
   if kind == 'fixture':
     arch = fixture_arch(config)
@@ -152,3 +230,54 @@ def get_checkpoint(config, weights: str = 'auto',
     raise ValueError(f'{config.name} has no MMDetection checkpoint URL')
   return download(config.mmdet.url,
                   os.path.join(cache_dir, config.mmdet.checkpoint))
+
+
+def imagenet_url(name: str) -> str:
+  """The URL mmengine loads for an `init_cfg` checkpoint name.
+
+  Raises:
+    ValueError: a name outside IMAGENET_URLS (the message lists them).
+  """
+  resolved = name
+  for prefix, canonical in (('openmmlab://', 'open-mmlab://'),
+                            ('modelzoo://', 'torchvision://')):
+    if resolved.startswith(prefix):  # mmengine's other spellings
+      resolved = canonical + resolved[len(prefix):]
+  resolved = IMAGENET_ALIASES.get(resolved, resolved)
+  if resolved not in IMAGENET_URLS:
+    raise ValueError(
+        f'train.init_backbone={name!r} is not a known ImageNet backbone '
+        f'name; known: {", ".join(sorted(IMAGENET_URLS))} (or pass a file '
+        'with train.init_backbone_from=FILE)')
+  return IMAGENET_URLS[resolved]
+
+
+def get_imagenet_weights(name: str, cache_dir: Optional[str] = None
+                         ) -> Tuple[str, str]:
+  """(url, local path) of the ImageNet weights `name`, downloaded once.
+
+  The file is `<cache_dir>/<basename of the URL>`; an existing file there is
+  used as is (put a copy there to work offline).
+
+  Raises:
+    ValueError: unknown name.
+    WeightsUnavailableError: the download failed; the one-line message names
+      the URL and how to pass a local file instead.
+  """
+  url = imagenet_url(name)
+  path = os.path.join(cache_dir or default_cache_dir(),
+                      os.path.basename(url))
+  if not os.path.isfile(path):
+    logging.getLogger(__name__).info('downloading %s (%s) to %s', name, url,
+                                     path)
+  try:
+    download(url, path)
+  except (OSError, ValueError) as e:  # URLError/HTTPError/timeouts are OSError
+    reason = getattr(e, 'reason', None) or e
+    raise WeightsUnavailableError(
+        f'cannot download the ImageNet weights {name} from {url} ({reason}); '
+        f'download that file and pass it with '
+        f'--config.train.init_backbone_from=FILE (or put it at {path}), or '
+        "train the backbone from scratch with "
+        "--config.train.init_backbone_from=none") from e
+  return url, path

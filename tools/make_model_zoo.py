@@ -72,6 +72,21 @@ def sort_key(row):
           t.scale_mode != 'fixed', row.name)
 
 
+def training_notes(config) -> str:
+  """Where training starts from, and the precision of training/evaluation."""
+  name = config.train.init_backbone
+  url = zoo.imagenet_url(name)
+  text = (f'`train.py` starts from MMDetection\'s ImageNet weights `{name}` '
+          f'([`{os.path.basename(url)}`]({url})), downloaded once into '
+          f'`{zoo.DEFAULT_CACHE_DIR}` (or `${zoo.CACHE_ENV}`); offline, '
+          'pass the file with `--config.train.init_backbone_from=FILE`.')
+  test_dtype = config.test.dtype or config.model.dtype
+  if test_dtype != config.model.dtype:
+    text += (f' Trains in {config.model.dtype}, evaluates in {test_dtype} '
+             '(`test.dtype`; `--dtype` overrides it).')
+  return text
+
+
 def commands(row) -> str:
   c, name = row.config, row.name
   return '\n'.join([
@@ -169,6 +184,8 @@ def render() -> str:
         f'{backbone_name(c)}, {style_name(c)}, {schedule_name(c)}; '
         f'reported box AP {c.mmdet.box_ap:.1f}, mask AP '
         f'{c.mmdet.mask_ap:.1f}.',
+        '',
+        training_notes(c),
         '',
         commands(r),
     ]

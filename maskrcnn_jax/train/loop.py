@@ -6,8 +6,10 @@ Order of initialisation (first that applies):
   2. `train.init_from`: a detector checkpoint (.pth or converted dir) to
      fine-tune; class-dependent head layers are re-initialised when the
      number of classes differs;
-  3. `train.init_backbone_from`: an ImageNet backbone .pth file;
-  4. random initialisation.
+  3. the ImageNet backbone MMDetection starts from: `train.init_backbone`'s
+     weights, downloaded once (maskrcnn_jax.zoo), or the .pth file
+     `train.init_backbone_from`; the rest random;
+  4. random initialisation, only with `train.init_backbone_from='none'`.
 
 One jitted step runs over a 1-D 'data' mesh of every device of every
 process (`jax.distributed` for multi-host). Checkpoints are written

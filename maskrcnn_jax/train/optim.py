@@ -42,13 +42,30 @@ def trainable_mask(params, config) -> Any:
       lambda p, _: not is_frozen([k.key for k in p], config), params)
 
 
+def warmup_factor(step, warmup_iters: int, ratio: float):
+  """mmengine `LinearLR(start_factor=ratio, begin=0, end=warmup_iters)`.
+
+  The factor goes linearly from `ratio` at iteration 0 to 1 at iteration
+  `warmup_iters - 1` (mmengine's total_iters = end - begin - 1) and stays 1;
+  `warmup_iters` 0 or 1 means no warmup.
+  """
+  if warmup_iters <= 1:
+    return jnp.ones_like(jnp.asarray(step, jnp.float32))
+  total = warmup_iters - 1
+  progress = jnp.minimum(jnp.asarray(step, jnp.float32), total) / total
+  return ratio + (1 - ratio) * progress
+
+
 def learning_rate(config: ml_collections.ConfigDict,
                   steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup (by iteration) then x0.1 at the epoch milestones.
+  """MMDetection's param_scheduler: LinearLR warmup, then MultiStepLR.
 
-  lr(it) = base * (ratio + (1 - ratio) * it / warmup) for it < warmup, times
-  0.1 ** (number of milestones <= epoch(it)); milestones count passes over
-  the (possibly repeated) dataset, as MMDetection's MultiStepLR by epoch.
+  lr(it) = base * (ratio + (1 - ratio) * min(it, warmup - 1) / (warmup - 1))
+  * 0.1 ** (number of milestones <= epoch(it)): mmengine's
+  `LinearLR(start_factor=0.001, by_epoch=False, begin=0, end=500)` by
+  iteration and `MultiStepLR(milestones, gamma=0.1)` by epoch, where an
+  epoch is a pass over the (possibly repeated) dataset, as in MMDetection's
+  RepeatDataset recipes.
   """
   t = config.train
   lr = scaled_lr(config)
@@ -58,10 +75,8 @@ def learning_rate(config: ml_collections.ConfigDict,
 
   def schedule(step):
     step = jnp.asarray(step)
-    factor = jnp.where(step < warmup,
-                       ratio + (1 - ratio) * step / max(warmup, 1), 1.0)
     decays = sum((step >= b).astype(jnp.float32) for b in boundaries)
-    return lr * factor * 0.1 ** decays
+    return lr * warmup_factor(step, warmup, ratio) * 0.1 ** decays
 
   return schedule
 
@@ -79,9 +94,31 @@ def total_steps(config, steps_per_epoch: int) -> int:
              steps_per_epoch)
 
 
+def check_norm_eval(config: ml_collections.ConfigDict):
+  """Rejects `model.backbone.norm_eval=False` for a BatchNorm backbone.
+
+  The backbone's BatchNorm always runs in inference mode with its stored
+  statistics (MMDetection `norm_eval=True`, as in every zoo config); batch
+  statistics in training mode are not implemented.
+  """
+  b = config.model.backbone
+  if not b.norm_eval and b.get('norm', 'BN') == 'BN':
+    raise ValueError(
+        'model.backbone.norm_eval=False is not supported: the backbone '
+        'BatchNorm always runs in inference mode with fixed statistics '
+        '(MMDetection norm_eval=True, as in every zoo config); set '
+        'model.backbone.norm_eval=True')
+
+
 def make_optimizer(config, params, steps_per_epoch: int
                    ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
-  """PyTorch SGD (momentum 0.9, coupled weight decay) on trainable params."""
+  """PyTorch SGD (momentum 0.9, coupled weight decay) on trainable params.
+
+  As `torch.optim.SGD(lr, momentum, weight_decay)` in MMDetection's default
+  OptimWrapper: buf = momentum * buf + (g + weight_decay * p);
+  p -= lr * buf, on every trainable parameter; frozen ones never change.
+  """
+  check_norm_eval(config)
   t = config.train
   schedule = learning_rate(config, steps_per_epoch)
   sgd = optax.chain(optax.add_decayed_weights(t.weight_decay),
