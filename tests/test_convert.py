@@ -18,7 +18,8 @@ import pytest
 
 from maskrcnn_jax import checkpoint as ckpt_lib
 from maskrcnn_jax.config import base_config, load_config, set_backbone
-from maskrcnn_jax.convert import __main__ as cli
+from maskrcnn_jax.cli import convert as cli
+from maskrcnn_jax.convert import converter
 from maskrcnn_jax.convert import mmdet
 from maskrcnn_jax.convert import pth
 from maskrcnn_jax.data.coco_classes import COCO_CLASSES
@@ -560,7 +561,8 @@ def test_inference_checkpoint_round_trip(tmp_path, r50_config, r50_variables,
 
 def test_cli_in_process(tmp_path, monkeypatch, capsys, r50_state,
                         r50_expected, r50_pth_legacy):
-  monkeypatch.setattr(cli, '_abstract_variables', lambda cfg: r50_expected)
+  monkeypatch.setattr(converter, '_abstract_variables',
+                      lambda cfg: r50_expected)
   config = os.path.join(REPO, 'configs', 'r50_fpn_1x.py')
   out = tmp_path / 'out'
   rc = cli.main(['--config', config, '--checkpoint', r50_pth_legacy,
