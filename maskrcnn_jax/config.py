@@ -315,7 +315,8 @@ def config_names() -> List[str]:
 
 
 def resolve_config_path(name_or_path: str) -> str:
-  """A config file path, or the shipped config of that row name.
+  """A config file path, or the shipped config of that row name (also for
+  'configs/<name>.py' where no such file is under the current folder).
 
   Raises:
     FileNotFoundError: neither a file nor a shipped config name.
@@ -325,7 +326,9 @@ def resolve_config_path(name_or_path: str) -> str:
     return path
   name = os.path.splitext(os.path.basename(path))[0]
   shipped = os.path.join(configs_dir(), name + '.py')
-  if (os.sep not in path and '/' not in path and
+  # A bare name, or the repository's 'configs/<name>.py' used elsewhere.
+  parent = os.path.dirname(os.path.normpath(path))
+  if (parent in ('', 'configs') and
       os.path.splitext(path)[1] in ('', '.py') and os.path.isfile(shipped)):
     return shipped
   close = difflib.get_close_matches(name, config_names(), n=3)

@@ -600,13 +600,17 @@ def test_cli_subprocess(tmp_path, r50_pth):
   out = tmp_path / 'converted'
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep +
              os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  # From another directory, the config by row name (as after pip install).
   res = subprocess.run(
       [sys.executable, '-m', 'maskrcnn_jax.convert', '--config',
-       'configs/r50_fpn_1x.py', '--checkpoint', r50_pth, '--out', str(out)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+       'r50_fpn_1x', '--checkpoint', r50_pth, '--out', str(out)],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
   assert f'total parameters: {R50_PARAMS:,}' in res.stdout
   assert 'check against the model: passed' in res.stdout
   variables, meta = ckpt_lib.load_inference_checkpoint(out)
   assert tuple(meta['class_names']) == COCO_CLASSES
   assert mmdet.count_parameters(variables) == R50_PARAMS
+  # The converted directory carries the row's config.
+  assert ckpt_lib.load_checkpoint_config(out).to_dict() == load_config(
+      'r50_fpn_1x').to_dict()

@@ -31,22 +31,32 @@ def test_model_defaults_agree_with_base_config():
 
 
 def test_model_config_rejects_unknown_keys_and_types():
-  c = config_lib.base_config()
-  c.model.roi.roi_align_chnk = 8
+  model = config_lib.base_config().model.to_dict()
+  model['roi']['roi_align_chnk'] = 8
   with pytest.raises(ValueError, match='model.roi.roi_align_chnk'):
-    build.model_config(c)
-  c = config_lib.base_config()
-  c.model.backbone.depth = '50'
+    model_config.from_config(model_config.ModelConfig, model)
+  model = config_lib.base_config().model.to_dict()
+  model['backbone']['depth'] = '50'
   with pytest.raises(ValueError, match='model.backbone.depth'):
-    build.model_config(c)
+    model_config.from_config(model_config.ModelConfig, model)
+  model = config_lib.base_config().model.to_dict()
+  model['neck']['in_channels'] = [64, 128, 256, 512]   # JSON lists: tuples
+  assert model_config.from_config(model_config.ModelConfig, model).neck == (
+      model_config.NeckConfig(in_channels=(64, 128, 256, 512)))
 
 
-def test_config_by_row_name_and_path():
+def test_config_by_row_name_and_path(tmp_path, monkeypatch):
   by_name = config_lib.load_config('r101_fpn_2x')
   by_path = config_lib.load_config(os.path.join(REPO, 'configs',
                                                 'r101_fpn_2x.py'))
   assert by_name.to_dict() == by_path.to_dict()
   assert 'r50_fpn_1x' in config_lib.config_names()
+  monkeypatch.chdir(tmp_path)   # README's configs/<row>.py, elsewhere
+  assert config_lib.resolve_config_path('configs/r101_fpn_2x.py') == (
+      os.path.join(config_lib.configs_dir(), 'r101_fpn_2x.py'))
+  assert config_lib.load_config('r101_fpn_2x').name == 'r101_fpn_2x'
+  with pytest.raises(FileNotFoundError):
+    config_lib.load_config('elsewhere/r101_fpn_2x.py')
   with pytest.raises(FileNotFoundError, match='r50_fpn_1x'):
     config_lib.load_config('r50_fpn_1xx')
 
@@ -139,7 +149,8 @@ def test_finetuned_checkpoint_evaluates_and_demos_with_no_overrides(
       'train.warmup_iters': 1,
       'test.score_thr': 0.0,
   }
-  flags = [f'--config.{k}={v!r}' for k, v in o.items()]
+  flags = [f'--config.{k}={v}' if isinstance(v, str) else
+           f'--config.{k}={v!r}' for k, v in o.items()]
   r = _run_elsewhere(['train', '--config=quickstart', f'--workdir={workdir}',
                       '--max_steps=1'] + flags, cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
