@@ -1,6 +1,6 @@
 """Training data pipeline throughput (images/s) at full resolution.
 
-  python bench/data_pipeline.py [--num-images 64] [--image-size 640] \
+  python -m bench.data_pipeline [--num-images 64] [--image-size 640] \
       [--batch-size 2] [--batches 24] [--workers 0 2] \
       [--mask-format bitmap] [--scale-mode fixed] [--json OUT]
 
@@ -16,14 +16,11 @@ the in-process cost of one example (decode + transform) for reference.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.data import coco

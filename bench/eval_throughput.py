@@ -1,6 +1,6 @@
 """Evaluation throughput (images/s) at full resolution.
 
-  python bench/eval_throughput.py [--num-images 6] [--batch-size 1] \
+  python -m bench.eval_throughput [--num-images 6] [--batch-size 1] \
       [--workers N] [--json OUT]
 
 R-50-FPN with the fixture weights (`fixtures.state_dict('r50_fpn')`), on
@@ -18,7 +18,6 @@ Results are on whatever JAX backend is active (the first local devices).
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -27,8 +26,6 @@ import jax
 import numpy as np
 import pycocotools.mask as mask_util
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax import evaluation

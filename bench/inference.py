@@ -1,6 +1,6 @@
 """Inference benchmark: R-50-FPN, one 427x640 image resized to 800x1199.
 
-  python bench/inference.py [--config configs/r50_fpn_1x.py] [--dtype float32]
+  python -m bench.inference [--config configs/r50_fpn_1x.py] [--dtype float32]
       [--iters 10] [--batch-sizes 1,2,4]
 
 End to end as MMDetection's benchmark counts it (network, post-processing

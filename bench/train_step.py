@@ -1,6 +1,6 @@
 """Training step benchmark: R-50-FPN, 2 images of 800x1344 per device.
 
-  python bench/train_step.py [--config configs/r50_fpn_1x.py] [--steps 5]
+  python -m bench.train_step [--config configs/r50_fpn_1x.py] [--steps 5]
       [--images-per-device 2] [--dtype float32|bfloat16]
 
 Times the jitted train step (forward, losses with MMDetection's samplers,

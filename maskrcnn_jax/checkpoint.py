@@ -5,7 +5,9 @@ items:
   * `variables`: the Flax variable tree `{'params', 'batch_stats'}` (a pytree
     of float32 arrays, StandardCheckpointHandler);
   * `meta`: JSON with `format`, `format_version`, `class_names`,
-    `config_name`, `source` and any extra entries.
+    `config_name`, `config` (the resolved config as a dict, so the
+    checkpoint runs with no config file and no repeated overrides),
+    `source` and any extra entries.
 Orbax writes into a temporary directory and renames it when complete, so a
 directory that exists is a finished checkpoint.
 """
@@ -19,7 +21,7 @@ import numpy as np
 FORMAT_NAME = 'maskrcnn_jax.inference'
 FORMAT_VERSION = 1
 _RESERVED = ('format', 'format_version', 'class_names', 'config_name',
-             'source')
+             'config', 'source')
 
 
 def _to_numpy_tree(tree):
@@ -37,7 +39,7 @@ def save_inference_checkpoint(directory, variables: Mapping[str, Any],
                               class_names: Sequence[str], config_name: str,
                               extra_meta: Optional[Mapping[str, Any]] = None,
                               *, source: Optional[str] = None,
-                              overwrite: bool = False) -> str:
+                              config=None, overwrite: bool = False) -> str:
   """Writes variables and metadata atomically; returns the absolute path.
 
   Args:
@@ -48,6 +50,8 @@ def save_inference_checkpoint(directory, variables: Mapping[str, Any],
     extra_meta: further JSON-serialisable metadata (must not reuse the
       reserved keys).
     source: where the weights came from (e.g. the converted `.pth` file).
+    config: the resolved ConfigDict (stored; `load_checkpoint_config` reads
+      it back).
     overwrite: replace an existing directory.
 
   Raises:
@@ -64,6 +68,9 @@ def save_inference_checkpoint(directory, variables: Mapping[str, Any],
       'config_name': str(config_name),
       'source': None if source is None else str(source),
   }
+  if config is not None:
+    from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    meta['config'] = config_lib.config_to_dict(config)
   for k, v in (extra_meta or {}).items():
     if k in _RESERVED:
       raise ValueError(f'extra_meta may not set the reserved key {k!r}')
@@ -90,6 +97,38 @@ def is_inference_checkpoint(directory) -> bool:
           os.path.isdir(os.path.join(directory, 'variables')))
 
 
+def _check_directory(directory) -> str:
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.exists(directory):
+    raise FileNotFoundError(f'checkpoint directory not found: {directory}')
+  if not is_inference_checkpoint(directory):
+    raise ValueError(
+        f'{directory} is not an inference checkpoint written by '
+        'save_inference_checkpoint (no "meta" and "variables" items)')
+  return directory
+
+
+def read_meta(directory) -> Dict[str, Any]:
+  """The metadata of an inference checkpoint (no variables are read).
+
+  Raises:
+    FileNotFoundError: no such directory.
+    ValueError: not an inference checkpoint, or another format version.
+  """
+  directory = _check_directory(directory)
+  ocp, ckptr = _checkpointer()
+  meta = ckptr.restore(directory, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  ckptr.close()
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
+    raise ValueError(f'{directory}: metadata format is not {FORMAT_NAME!r}')
+  if meta.get('format_version') != FORMAT_VERSION:
+    raise ValueError(f'{directory}: format_version '
+                     f'{meta.get("format_version")!r} is not supported '
+                     f'(expected {FORMAT_VERSION})')
+  return meta
+
+
 def load_inference_checkpoint(directory) -> Tuple[Dict[str, Any],
                                                   Dict[str, Any]]:
   """Reads a directory written by `save_inference_checkpoint`.
@@ -101,32 +140,65 @@ def load_inference_checkpoint(directory) -> Tuple[Dict[str, Any],
     FileNotFoundError: no such directory.
     ValueError: not an inference checkpoint, or another format version.
   """
-  directory = os.path.abspath(os.fspath(directory))
-  if not os.path.exists(directory):
-    raise FileNotFoundError(f'checkpoint directory not found: {directory}')
-  if not is_inference_checkpoint(directory):
-    raise ValueError(
-        f'{directory} is not an inference checkpoint written by '
-        'save_inference_checkpoint (no "meta" and "variables" items)')
+  directory = _check_directory(directory)
+  meta = read_meta(directory)
   ocp, ckptr = _checkpointer()
-  meta = ckptr.restore(directory, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))['meta']
-  if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
-    raise ValueError(f'{directory}: metadata format is not {FORMAT_NAME!r}')
-  if meta.get('format_version') != FORMAT_VERSION:
-    raise ValueError(f'{directory}: format_version '
-                     f'{meta.get("format_version")!r} is not supported '
-                     f'(expected {FORMAT_VERSION})')
   variables = ckptr.restore(directory, args=ocp.args.Composite(
       variables=ocp.args.StandardRestore()))['variables']
   ckptr.close()
   return _to_numpy_tree(variables), meta
 
 
+def load_checkpoint_config(path, overrides: Sequence[str] = ()):
+  """The config stored in an inference checkpoint directory (overrides
+  applied, locked), or None for a `.pth` or a checkpoint without one.
+
+  Raises:
+    FileNotFoundError / ValueError: as `read_meta`, for a directory.
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'checkpoint not found: {path}')
+    return None
+  stored = read_meta(path).get('config')
+  if stored is None:
+    return None
+  from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.config_from_dict(stored, lock=False)
+  config_lib.apply_overrides(config, overrides)
+  config.lock()
+  return config
+
+
+def resolve_config(config_path: Optional[str], checkpoint,
+                   overrides: Sequence[str] = ()):
+  """The config of a command: `config_path` (file or row name) if given,
+  else the one stored in the checkpoint directory; overrides applied.
+
+  Raises:
+    ValueError: no config_path and the checkpoint stores no config (a .pth,
+      or a directory written before configs were stored).
+  """
+  from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  if config_path:
+    return config_lib.load_config(config_path, overrides)
+  config = load_checkpoint_config(checkpoint, overrides)
+  if config is None:
+    raise ValueError(f'{checkpoint} stores no config (an MMDetection .pth '
+                     'or an older checkpoint directory); pass --config '
+                     '(a config file or a row name such as r50_fpn_1x)')
+  return config
+
+
 def load_detector_variables(path, config,
-                            expected: Optional[Mapping[str, Any]] = None
+                            expected: Optional[Mapping[str, Any]] = None,
+                            check_classes: bool = True
                             ) -> Tuple[Dict[str, Any], Tuple[str, ...]]:
   """Loads detector weights from an MMDetection `.pth` or an inference dir.
+
+  The one loader of "a .pth or a converted directory": the predictor, the
+  training initialisation (`train.init_from`) and the notebooks use it.
 
   Args:
     path: an MMDetection checkpoint file (converted on the fly) or a
@@ -135,6 +207,9 @@ def load_detector_variables(path, config,
     expected: optional tree of the model's variables (arrays or
       jax.ShapeDtypeStruct, e.g. `models.build.abstract_variables(config)`);
       when given, keys and shapes must match exactly.
+    check_classes: require `config.model.num_classes` classes (False when
+      fine-tuning onto another class count: the class names are then those
+      of the checkpoint, or () where a .pth's meta has none that fit).
 
   Returns:
     (variables, class_names).
@@ -159,7 +234,7 @@ def load_detector_variables(path, config,
           'file')
     variables, meta = load_inference_checkpoint(path)
     names = tuple(meta.get('class_names') or ())
-    if len(names) != num_classes:
+    if check_classes and len(names) != num_classes:
       raise ValueError(f'{path} has {len(names)} class names but the config '
                        f'has num_classes={num_classes}')
     if expected is not None:
@@ -172,4 +247,10 @@ def load_detector_variables(path, config,
         f'{e}\n(expected an MMDetection .pth file or a directory written by '
         'save_inference_checkpoint)') from e
   variables = mmdet.state_dict_to_variables(state_dict, config, expected)
+  if not check_classes:
+    try:
+      names = mmdet.class_names_from_meta(meta, num_classes)
+    except ValueError:
+      names = ()
+    return variables, tuple(names)
   return variables, mmdet.class_names_from_meta(meta, num_classes)

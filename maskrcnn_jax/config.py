@@ -14,8 +14,9 @@ Conventions that hold across the whole project:
 import ast
 import difflib
 import importlib.util
+import json
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -302,19 +303,122 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+def configs_dir() -> str:
+  """The folder of the shipped configs (one file per model-zoo row).
+
+  Installed, they are the package data `maskrcnn_jax/configs`; in a source
+  checkout, the repository's `configs/` beside the package.
+  """
+  spec = importlib.util.find_spec('maskrcnn_jax.configs')
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'configs')
+
+
+def config_names() -> List[str]:
+  """Names of the shipped configs (`r50_fpn_1x`, ..., `quickstart`)."""
+  return sorted(os.path.splitext(f)[0] for f in os.listdir(configs_dir())
+                if f.endswith('.py') and not f.startswith('_'))
+
+
+def resolve_config_path(name_or_path: str) -> str:
+  """A config file path, or the shipped config of that row name (also for
+  'configs/<name>.py' where no such file is under the current folder).
+
+  Raises:
+    FileNotFoundError: neither a file nor a shipped config name.
+  """
+  path = os.fspath(name_or_path)
+  if os.path.isfile(path):
+    return path
+  name = os.path.splitext(os.path.basename(path))[0]
+  shipped = os.path.join(configs_dir(), name + '.py')
+  # A bare name, or the repository's 'configs/<name>.py' used elsewhere.
+  parent = os.path.dirname(os.path.normpath(path))
+  if (parent in ('', 'configs') and
+      os.path.splitext(path)[1] in ('', '.py') and os.path.isfile(shipped)):
+    return shipped
+  close = difflib.get_close_matches(name, config_names(), n=3)
+  hint = f'; did you mean {", ".join(close)}?' if close else (
+      f'; shipped configs: {", ".join(config_names())}')
+  raise FileNotFoundError(f'config file not found: {path} (neither a file '
+                          f'nor a shipped config name){hint}')
+
+
+def split_config_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """Splits `--config.a.b=value` (or `--config.a.b value`) out of argv.
+
+  The one override syntax of every command (as train.py's absl flags).
+
+  Returns:
+    (the other arguments, ['a.b=value', ...]).
+  """
+  rest, overrides = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith('--config.'):
+      key = arg[len('--config.'):]
+      if '=' in key:
+        overrides.append(key)
+      elif i + 1 < len(argv):
+        overrides.append(f'{key}={argv[i + 1]}')
+        i += 1
+      else:
+        raise ValueError(f'{arg} needs a value ({arg}=VALUE)')
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def add_override_argument(parser) -> None:
+  """--config-override KEY=VALUE (deprecated alias of --config.KEY=VALUE)."""
+  parser.add_argument('--config-override', action='append', default=[],
+                      metavar='KEY=VALUE',
+                      help='deprecated alias of --config.KEY=VALUE, which '
+                           'overrides a config field (e.g. '
+                           '--config.test.score_thr=0.1)')
+
+
+def _tuples(x):
+  """Lists -> tuples, recursively (configs use tuples; JSON gives lists)."""
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """The resolved config as a JSON-serialisable dict (tuples as lists)."""
+  return json.loads(config.to_json())
+
+
+def config_from_dict(d: dict, lock: bool = True
+                     ) -> ml_collections.ConfigDict:
+  """Inverse of `config_to_dict` (lists back to tuples), locked."""
+  config = ml_collections.ConfigDict(_tuples(d))
+  if lock:
+    config.lock()
+  return config
+
+
 def load_config(path: str, overrides: Sequence[str] = (),
                 lock: bool = True) -> ml_collections.ConfigDict:
-  """Imports a config file, applies overrides and returns it locked.
+  """Imports a config file (or shipped row name), applies overrides and
+  returns it locked.
 
   A locked config rejects new keys, so a typo fails instead of silently
   adding a field.
 
   Raises:
-    FileNotFoundError: the file does not exist.
+    FileNotFoundError: no such file nor shipped config name.
     AttributeError: the file has no `get_config`.
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'config file not found: {path}')
+  path = resolve_config_path(path)
   name = '_maskrcnn_config_' + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)

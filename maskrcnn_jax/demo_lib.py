@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import tqdm
 
-from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import predictor as predictor_lib
 from maskrcnn_jax import preprocess
 from maskrcnn_jax import visualize
@@ -31,15 +30,17 @@ def list_images(path: str) -> List[str]:
   return [path]
 
 
-def run_demo(config_path: str, checkpoint: str, input_path: str,
+def run_demo(config_path: Optional[str], checkpoint: str, input_path: str,
              out_dir: str, score_thr: float = 0.3, batch_size: int = 1,
              dtype: Optional[str] = None,
              overrides: Sequence[str] = ()) -> List[dict]:
   """Writes <out_dir>/<stem>.png and <out_dir>/predictions.json.
 
+  config_path None: the config stored in the checkpoint directory.
   Returns the prediction records (one dict per detection of every image).
   """
-  config = config_lib.load_config(config_path, overrides)
+  from maskrcnn_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  config = checkpoint_lib.resolve_config(config_path, checkpoint, overrides)
   files = list_images(input_path)
   predictor = predictor_lib.Predictor.from_checkpoint(
       config, checkpoint, batch_size=batch_size, dtype=dtype)

@@ -1,6 +1,8 @@
 """`Predictor`: numpy images in, detections at original resolution out.
 
     predictor = Predictor.from_checkpoint(config, 'model.pth')  # or a dir
+    predictor = Predictor.from_checkpoint(None, 'work_dirs/x/final')  # its config
+    predictor = Predictor.from_pretrained('r50_fpn_1x')  # zoo row, cached
     det = predictor(cv2.imread('image.jpg'))  # BGR uint8, as cv2 reads it
     det.boxes, det.scores, det.labels, det.masks, det.class_names
 
@@ -166,13 +168,53 @@ class Predictor:
     }
 
   @classmethod
-  def from_checkpoint(cls, config: ml_collections.ConfigDict, path: str,
-                      **kwargs) -> 'Predictor':
-    """Loads an MMDetection .pth or a converted checkpoint directory."""
+  def from_checkpoint(cls, config: Optional[ml_collections.ConfigDict],
+                      path: str, **kwargs) -> 'Predictor':
+    """Loads an MMDetection .pth or a checkpoint directory.
+
+    Args:
+      config: the model's config; None: the config stored in the checkpoint
+        directory (a converted or fine-tuned model runs as it was made).
+      path: .pth file or checkpoint directory.
+      **kwargs: see `__init__` (batch_size, mesh, dtype).
+    """
     from maskrcnn_jax import checkpoint  # Local: pulls in orbax.
+    if config is None:
+      config = checkpoint.resolve_config(None, path)
     variables, class_names = checkpoint.load_detector_variables(
         path, config, expected=build.abstract_variables(config))
     return cls(config, variables, class_names, **kwargs)
+
+  @classmethod
+  def from_pretrained(cls, name_or_dir: str,
+                      cache_dir: Optional[str] = None,
+                      weights: str = 'zoo', **kwargs) -> 'Predictor':
+    """A model-zoo row by name, or a checkpoint directory.
+
+    A row name (`r50_fpn_1x`, see `zoo.rows()`) gets its MMDetection
+    checkpoint (`zoo.get_checkpoint`: downloaded once), converted once into
+    `<cache_dir>/converted/<name>`; later calls load that directory with no
+    network access.
+
+    Args:
+      name_or_dir: row name or checkpoint directory (its stored config).
+      cache_dir: downloads and conversions (default `zoo.default_cache_dir()`).
+      weights: 'zoo' (the published checkpoint) or 'fixture'/'auto' (see
+        `zoo.get_checkpoint`).
+      **kwargs: see `__init__` (batch_size, mesh, dtype).
+    """
+    import os  # pylint: disable=g-import-not-at-top
+    from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_jax import zoo  # pylint: disable=g-import-not-at-top
+    if os.path.isdir(name_or_dir):
+      return cls.from_checkpoint(None, name_or_dir, **kwargs)
+    if name_or_dir not in config_lib.config_names():
+      raise FileNotFoundError(
+          f'{name_or_dir!r} is neither a checkpoint directory nor a '
+          f'model-zoo row ({", ".join(r.name for r in zoo.rows())})')
+    directory = zoo.get_converted(name_or_dir, weights=weights,
+                                  cache_dir=cache_dir)
+    return cls.from_checkpoint(None, directory, **kwargs)
 
   @property
   def num_compiled(self) -> int:

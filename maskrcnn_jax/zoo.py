@@ -102,21 +102,24 @@ class WeightsUnavailableError(OSError):
 class Row:
   """One model-zoo config: `configs/<name>.py`."""
   name: str
-  path: str          # relative to the repository root
+  path: str          # 'configs/<name>.py', as in a source checkout
   config: ml_collections.ConfigDict
 
 
 def configs_dir() -> str:
-  return os.path.join(fixtures.repo_root(), 'configs')
+  """The shipped configs (`config.configs_dir()`)."""
+  return config_lib.configs_dir()
 
 
 def rows() -> List[Row]:
   """Every config of an MMDetection row (one with a checkpoint URL), by name."""
   out = []
   for path in sorted(glob.glob(os.path.join(configs_dir(), '*.py'))):
+    if os.path.basename(path).startswith('_'):
+      continue
     config = config_lib.load_config(path)
     if config.mmdet.url:
-      out.append(Row(config.name, os.path.relpath(path, fixtures.repo_root()),
+      out.append(Row(config.name, f'configs/{os.path.basename(path)}',
                      config))
   return out
 
@@ -281,3 +284,26 @@ def get_imagenet_weights(name: str, cache_dir: Optional[str] = None
         "train the backbone from scratch with "
         "--config.train.init_backbone_from=none") from e
   return url, path
+
+
+def get_converted(name: str, weights: str = 'zoo',
+                  cache_dir: Optional[str] = None) -> str:
+  """An inference checkpoint directory of the row `name`, made once.
+
+  `<cache_dir>/converted/<name>` (`<name>_fixture` for fixture weights):
+  converted from `get_checkpoint(config, weights, cache_dir)` the first
+  time; later calls return it with no download and no conversion. It
+  stores the row's config (`Predictor.from_pretrained` loads it).
+  """
+  from maskrcnn_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.convert import converter  # pylint: disable=g-import-not-at-top
+  cache_dir = cache_dir or default_cache_dir()
+  config = config_lib.load_config(name)
+  kind = resolve_weights(config, weights)
+  out = os.path.join(cache_dir, 'converted',
+                     name if kind == 'zoo' else f'{name}_{kind}')
+  if checkpoint_lib.is_inference_checkpoint(out):
+    return out
+  pth_path = get_checkpoint(config, kind, cache_dir=cache_dir)
+  converter.convert_checkpoint(config, pth_path, out, overwrite=True)
+  return out

@@ -1,15 +1,13 @@
 """Shared pytest fixtures."""
 
 import os
-import sys
-
 import tempfile
 
 import pytest
 
+# The repository root: `python -m pytest` run there puts it on sys.path (and
+# pyproject.toml's `pythonpath = ["."]` does for a bare `pytest`).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 # One persistent XLA compilation cache for this test session, shared with
 # the subprocesses the tests start (train.py runs compile the same

@@ -18,7 +18,8 @@ import pytest
 
 from maskrcnn_jax import checkpoint as ckpt_lib
 from maskrcnn_jax.config import base_config, load_config, set_backbone
-from maskrcnn_jax.convert import __main__ as cli
+from maskrcnn_jax.cli import convert as cli
+from maskrcnn_jax.convert import converter
 from maskrcnn_jax.convert import mmdet
 from maskrcnn_jax.convert import pth
 from maskrcnn_jax.data.coco_classes import COCO_CLASSES
@@ -560,7 +561,8 @@ def test_inference_checkpoint_round_trip(tmp_path, r50_config, r50_variables,
 
 def test_cli_in_process(tmp_path, monkeypatch, capsys, r50_state,
                         r50_expected, r50_pth, r50_pth_legacy):
-  monkeypatch.setattr(cli, '_abstract_variables', lambda cfg: r50_expected)
+  monkeypatch.setattr(converter, '_abstract_variables',
+                      lambda cfg: r50_expected)
   config = os.path.join(REPO, 'configs', 'r50_fpn_1x.py')
   # Both formats, with torch made unimportable: conversion needs no torch.
   for src in (r50_pth_legacy, r50_pth):
@@ -606,13 +608,17 @@ def test_cli_subprocess(tmp_path, r50_pth):
   out = tmp_path / 'converted'
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep +
              os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  # From another directory, the config by row name (as after pip install).
   res = subprocess.run(
       [sys.executable, '-m', 'maskrcnn_jax.convert', '--config',
-       'configs/r50_fpn_1x.py', '--checkpoint', r50_pth, '--out', str(out)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+       'r50_fpn_1x', '--checkpoint', r50_pth, '--out', str(out)],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
   assert f'total parameters: {R50_PARAMS:,}' in res.stdout
   assert 'check against the model: passed' in res.stdout
   variables, meta = ckpt_lib.load_inference_checkpoint(out)
   assert tuple(meta['class_names']) == COCO_CLASSES
   assert mmdet.count_parameters(variables) == R50_PARAMS
+  # The converted directory carries the row's config.
+  assert ckpt_lib.load_checkpoint_config(out).to_dict() == load_config(
+      'r50_fpn_1x').to_dict()

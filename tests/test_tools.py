@@ -1,5 +1,6 @@
-"""tools/: analyze_logs.py, browse_dataset.py and make_model_zoo.py, run as
-subprocesses on small generated inputs."""
+"""tools/: analyze_logs, browse_dataset and make_model_zoo, run as
+subprocesses (`python -m tools.<name>`) on small generated inputs, and their
+library side (maskrcnn_jax.log_analysis, maskrcnn_jax.browse)."""
 
 import importlib.util
 import json
@@ -12,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from maskrcnn_jax import browse
+from maskrcnn_jax import log_analysis
 from maskrcnn_jax import zoo
 from maskrcnn_jax.data import synthetic
 from tests.conftest import REPO
@@ -65,17 +68,17 @@ def _write_log(workdir, steps=40, scale=1.0):
 
 def test_analyze_logs_plot_curve_losses_lr_and_ap(tmp_path):
   log = _write_log(tmp_path / 'run_a')
-  r = _run('tools/analyze_logs.py', 'plot_curve', log, '--keys', 'loss_cls',
+  r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, '--keys', 'loss_cls',
            'loss_mask', '--out', str(tmp_path / 'losses.png'))
   assert r.returncode == 0, r.stderr
   _assert_drawn_png(tmp_path / 'losses.png')
-  r = _run('tools/analyze_logs.py', 'plot_curve', log, '--keys', 'lr',
+  r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, '--keys', 'lr',
            '--out', str(tmp_path / 'lr.png'), '--title', 'lr')
   assert r.returncode == 0, r.stderr
   _assert_drawn_png(tmp_path / 'lr.png')
   # Two runs compared, AP keys (evaluation lines only), explicit legend.
   log_b = _write_log(tmp_path / 'run_b', scale=0.8)
-  r = _run('tools/analyze_logs.py', 'plot_curve', log, log_b, '--keys',
+  r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, log_b, '--keys',
            'val/bbox_mAP', 'val/segm_mAP', '--legend', 'a_bbox', 'a_segm',
            'b_bbox', 'b_segm', '--out', str(tmp_path / 'ap.png'))
   assert r.returncode == 0, r.stderr
@@ -86,25 +89,24 @@ def test_analyze_logs_plot_curve_losses_lr_and_ap(tmp_path):
 
 def test_analyze_logs_load_and_errors(tmp_path):
   log = _write_log(tmp_path / 'run')
-  analyze_logs = _make_tool('analyze_logs')
-  series = analyze_logs.load_log(log)
+  series = log_analysis.load_log(log)
   assert [s for s, _ in series['val/bbox_mAP']] == [20, 40]
   assert len(series['loss_cls']) == 8 and 'step' not in series
   # Unknown key: exit 1 and the keys the log has.
-  r = _run('tools/analyze_logs.py', 'plot_curve', log, '--keys', 'loss_clss',
+  r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, '--keys', 'loss_clss',
            '--out', str(tmp_path / 'x.png'))
   assert r.returncode == 1 and 'loss_cls' in r.stderr
   assert not (tmp_path / 'x.png').exists()
-  r = _run('tools/analyze_logs.py', 'plot_curve', log, '--keys', 'loss_cls',
+  r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, '--keys', 'loss_cls',
            '--legend', 'a', 'b', '--out', str(tmp_path / 'x.png'))
   assert r.returncode == 1 and '--legend' in r.stderr
-  r = _run('tools/analyze_logs.py', 'plot_curve', str(tmp_path / 'nope.jsonl'))
+  r = _run('-m', 'tools.analyze_logs', 'plot_curve', str(tmp_path / 'nope.jsonl'))
   assert r.returncode == 1 and 'not found' in r.stderr
 
 
 def test_analyze_logs_cal_train_time(tmp_path):
   log = _write_log(tmp_path / 'run')
-  r = _run('tools/analyze_logs.py', 'cal_train_time', log)
+  r = _run('-m', 'tools.analyze_logs', 'cal_train_time', log)
   assert r.returncode == 0, r.stderr
   # Last point: 3.0 images/s with a global batch of 4 -> 1.333 s/step.
   assert 'last step: 40' in r.stdout
@@ -126,7 +128,7 @@ def test_browse_dataset_ground_truth(tiny_set, tmp_path):
   ann = os.path.join(tiny_set, 'annotations', 'instances_train.json')
   images = os.path.join(tiny_set, 'train')
   out = tmp_path / 'gt'
-  r = _run('tools/browse_dataset.py', '--ann', ann, '--images', images,
+  r = _run('-m', 'tools.browse_dataset', '--ann', ann, '--images', images,
            '--out-dir', str(out), '--max-images', '2')
   assert r.returncode == 0, r.stderr
   assert '6 classes (circle, square' in r.stdout
@@ -144,7 +146,7 @@ def test_browse_dataset_ground_truth(tiny_set, tmp_path):
 def test_browse_dataset_train_pipeline(tiny_set, tmp_path):
   ann = os.path.join(tiny_set, 'annotations', 'instances_train.json')
   out = tmp_path / 'train'
-  r = _run('tools/browse_dataset.py', '--ann', ann, '--images',
+  r = _run('-m', 'tools.browse_dataset', '--ann', ann, '--images',
            os.path.join(tiny_set, 'train'), '--out-dir', str(out),
            '--config', 'configs/quickstart.py', '--train-pipeline')
   assert r.returncode == 0, r.stderr
@@ -153,7 +155,7 @@ def test_browse_dataset_train_pipeline(tiny_set, tmp_path):
   for name in os.listdir(out):
     image = _assert_drawn_png(out / name)
     assert image.shape[:2] in canvases
-  r = _run('tools/browse_dataset.py', '--ann', ann, '--images',
+  r = _run('-m', 'tools.browse_dataset', '--ann', ann, '--images',
            os.path.join(tiny_set, 'train'), '--out-dir', str(out),
            '--train-pipeline')
   assert r.returncode == 2 and '--config' in r.stderr
@@ -163,7 +165,6 @@ def test_browse_train_pastes_compact_masks(tiny_set):
   """The pasted compact masks cover the transformed GT boxes' shapes."""
   from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.data import coco, transforms  # pylint: disable=g-import-not-at-top
-  browse = _make_tool('browse_dataset')
   config = config_lib.load_config('configs/quickstart.py',
                                   ['train.flip_prob=0.0'])
   cfg = transforms.TransformConfig.from_config(config, train=True)
@@ -192,7 +193,7 @@ def test_browse_train_pastes_compact_masks(tiny_set):
 
 
 def test_model_zoo_md_is_up_to_date():
-  r = _run('tools/make_model_zoo.py', '--check')
+  r = _run('-m', 'tools.make_model_zoo', '--check')
   assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 

@@ -56,7 +56,7 @@ def _checkpoint(arch, tmp_root):
 def test_loss_report_cli_reproduces_r50_fpn(tmp_path):
   pth = fixtures.write_pth('r50_fpn', str(tmp_path / 'r50.pth'))
   out = subprocess.run(
-      [sys.executable, 'tools/loss_report.py', '--config',
+      [sys.executable, '-m', 'tools.loss_report', '--config',
        fixtures.config_path('r50_fpn'), '--checkpoint', pth, '--ann', ANN,
        '--images', IMAGES, '--deterministic-sampling'],
       cwd=REPO, capture_output=True, text=True, timeout=1800,

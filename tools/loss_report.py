@@ -1,6 +1,6 @@
 """Per-image training losses and per-module gradient norms as JSON.
 
-  python tools/loss_report.py --config CFG --checkpoint CKPT \
+  python -m tools.loss_report --config CFG --checkpoint CKPT \
       --ann FILE --images DIR [--deterministic-sampling]
 
 Each image runs as a batch of one (test scale, no flip). Prints a JSON list
@@ -15,10 +15,8 @@ or a diverging run.
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.train import loss_report

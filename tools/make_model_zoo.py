@@ -1,7 +1,7 @@
 """Renders MODEL_ZOO.md from the configs, so the table cannot drift from them.
 
-  python tools/make_model_zoo.py            # rewrite MODEL_ZOO.md
-  python tools/make_model_zoo.py --check    # exit 1 if MODEL_ZOO.md is stale
+  python -m tools.make_model_zoo            # rewrite MODEL_ZOO.md
+  python -m tools.make_model_zoo --check    # exit 1 if MODEL_ZOO.md is stale
 
 Every field of a row (MMDetection config, checkpoint file and URL, reported
 box/mask AP, backbone, style, schedule) is read from `configs/<row>.py`
@@ -16,7 +16,6 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax import zoo  # pylint: disable=g-import-not-at-top
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
     if old != text:
       sys.stdout.writelines(difflib.unified_diff(
           old.splitlines(True), text.splitlines(True), args.out, 'rendered'))
-      print(f'{args.out} is out of date: run python tools/make_model_zoo.py',
+      print(f'{args.out} is out of date: run python -m tools.make_model_zoo',
             file=sys.stderr)
       return 1
     print(f'{args.out} is up to date')

@@ -1,11 +1,16 @@
 """Checkpoint conversion: MMDetection `.pth` files -> Flax variables.
 
-`python -m maskrcnn_jax.convert --config CONFIG --checkpoint X.pth --out DIR`
-writes an inference checkpoint (see `maskrcnn_jax.checkpoint`).
+    convert.convert_checkpoint(config, 'X.pth', 'DIR')
+
+writes an inference checkpoint (see `maskrcnn_jax.checkpoint`); the command
+`maskrcnn-convert --config CONFIG --checkpoint X.pth --out DIR` (or
+`python -m maskrcnn_jax.convert`) calls it.
 
 Nothing here imports torch at import time; `read_pth` imports it lazily.
 """
 
+from maskrcnn_jax.convert.converter import ConversionResult
+from maskrcnn_jax.convert.converter import convert_checkpoint
 from maskrcnn_jax.convert.mmdet import backbone_state_dict_to_variables
 from maskrcnn_jax.convert.mmdet import check_variables
 from maskrcnn_jax.convert.mmdet import CheckpointMismatchError
@@ -20,6 +25,7 @@ from maskrcnn_jax.convert.pth import read_pth
 __all__ = [
     'backbone_state_dict_to_variables', 'check_variables',
     'CheckpointFormatError', 'CheckpointMismatchError',
-    'class_names_from_meta', 'conversion_plan', 'count_parameters',
+    'class_names_from_meta', 'ConversionResult', 'conversion_plan',
+    'convert_checkpoint', 'count_parameters',
     'read_pth', 'state_dict_to_variables', 'variables_to_state_dict',
 ]

@@ -1,4 +1,5 @@
-"""Builds a `MaskRCNN` from a config; the only place that reads config.model."""
+"""Builds a `MaskRCNN` from a config (`config.model` through the typed
+sub-configs of `model_config`)."""
 
 from typing import Optional
 
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from maskrcnn_jax.models import mask_rcnn
+from maskrcnn_jax.models import model_config as model_config_lib
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
            'float16': jnp.float16}
@@ -36,37 +38,29 @@ def input_config(config: ml_collections.ConfigDict) -> mask_rcnn.InputConfig:
                                bgr_to_rgb=bool(i.bgr_to_rgb))
 
 
+def model_config(config: ml_collections.ConfigDict
+                 ) -> model_config_lib.ModelConfig:
+  """The typed `config.model` (fields = config keys; see model_config)."""
+  return model_config_lib.from_config(model_config_lib.ModelConfig,
+                                      config.model)
+
+
 def build_model(config: ml_collections.ConfigDict,
                 dtype: Optional[str] = None) -> mask_rcnn.MaskRCNN:
   """MaskRCNN module for `config` (compute dtype overridable)."""
-  m = config.model
-  b, n, r, roi = m.backbone, m.neck, m.rpn, m.roi
-  precision = m.get('precision', 'highest')
-  if precision not in _PRECISIONS:
+  m = model_config(config)
+  if m.precision not in _PRECISIONS:
     raise ValueError(f'model.precision must be one of {sorted(_PRECISIONS)},'
-                     f' got {precision!r}')
-  base = b.get('base_channels', 64)
-  if tuple(n.in_channels) != tuple(4 * base * 2 ** i for i in range(4)):
-    raise ValueError(f'model.neck.in_channels {tuple(n.in_channels)} does '
+                     f' got {m.precision!r}')
+  base = m.backbone.base_channels
+  if m.neck.in_channels != tuple(4 * base * 2 ** i for i in range(4)):
+    raise ValueError(f'model.neck.in_channels {m.neck.in_channels} does '
                      f'not match the backbone (4 * {base} * 2**i)')
   return mask_rcnn.MaskRCNN(
-      num_classes=m.num_classes, depth=b.depth, groups=b.groups,
-      base_width=b.base_width, style=b.style, norm_eps=b.norm_eps,
-      base_channels=base,
-      neck_channels=n.out_channels, num_outs=n.num_outs,
-      anchor_strides=tuple(r.anchor_strides),
-      anchor_scales=tuple(r.anchor_scales),
-      anchor_ratios=tuple(r.anchor_ratios), rpn_channels=r.feat_channels,
-      rpn_stds=tuple(r.target_stds),
-      roi_strides=tuple(roi.featmap_strides), finest_scale=roi.finest_scale,
-      box_roi_size=roi.box_roi_size, mask_roi_size=roi.mask_roi_size,
-      fc_channels=roi.fc_channels, num_shared_fcs=roi.num_shared_fcs,
-      num_mask_convs=roi.num_mask_convs, mask_channels=roi.mask_channels,
-      bbox_stds=tuple(roi.bbox_target_stds),
-      roi_align_chunk=roi.roi_align_chunk,
-      input_cfg=input_config(config), test_cfg=test_config(config),
-      dtype=compute_dtype(dtype or m.dtype),
-      precision=_PRECISIONS[precision])
+      num_classes=m.num_classes, backbone_cfg=m.backbone, neck_cfg=m.neck,
+      rpn_cfg=m.rpn, roi_cfg=m.roi, input_cfg=input_config(config),
+      test_cfg=test_config(config), dtype=compute_dtype(dtype or m.dtype),
+      precision=_PRECISIONS[m.precision])
 
 
 def _dummy_inputs(batch: int = 1, size: int = 64):

@@ -21,6 +21,7 @@ import numpy as np
 
 from maskrcnn_jax.models import fpn as fpn_lib
 from maskrcnn_jax.models import heads
+from maskrcnn_jax.models import model_config
 from maskrcnn_jax.models import resnet
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import boxes as box_ops
@@ -189,29 +190,10 @@ class MaskRCNN(nn.Module):
   parameter paths mirror MMDetection's state_dict keys.
   """
   num_classes: int = 80
-  depth: int = 50
-  groups: int = 1
-  base_width: int = 4
-  style: str = 'pytorch'
-  norm_eps: float = 1e-5
-  base_channels: int = 64
-  neck_channels: int = 256
-  num_outs: int = 5
-  anchor_strides: Tuple[int, ...] = (4, 8, 16, 32, 64)
-  anchor_scales: Tuple[float, ...] = (8.0,)
-  anchor_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
-  rpn_channels: int = 256
-  rpn_stds: Tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-  roi_strides: Tuple[int, ...] = (4, 8, 16, 32)
-  finest_scale: float = 56.0
-  box_roi_size: int = 7
-  mask_roi_size: int = 14
-  fc_channels: int = 1024
-  num_shared_fcs: int = 2
-  num_mask_convs: int = 4
-  mask_channels: int = 256
-  bbox_stds: Tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
-  roi_align_chunk: int = 128
+  backbone_cfg: model_config.BackboneConfig = model_config.BackboneConfig()
+  neck_cfg: model_config.NeckConfig = model_config.NeckConfig()
+  rpn_cfg: model_config.RPNConfig = model_config.RPNConfig()
+  roi_cfg: model_config.RoIConfig = model_config.RoIConfig()
   input_cfg: InputConfig = InputConfig()
   test_cfg: TestConfig = TestConfig()
   dtype: Any = jnp.float32
@@ -219,17 +201,60 @@ class MaskRCNN(nn.Module):
 
   def setup(self):
     kw = dict(dtype=self.dtype, precision=self.precision)
-    self.backbone = resnet.ResNet(self.depth, self.groups, self.base_width,
-                                  self.style, self.norm_eps,
-                                  self.base_channels, **kw)
-    self.neck = fpn_lib.FPN(self.neck_channels, self.num_outs,
-                            self.roi_strides, **kw)
+    b = self.backbone_cfg
+    self.backbone = resnet.ResNet(b.depth, b.groups, b.base_width, b.style,
+                                  b.norm_eps, b.base_channels, **kw)
+    self.neck = fpn_lib.FPN(self.neck_cfg.out_channels,
+                            self.neck_cfg.num_outs, self.roi_strides, **kw)
     self.rpn_head = heads.RPNHead(
-        len(self.anchor_scales) * len(self.anchor_ratios), self.rpn_channels,
-        self.anchor_strides, **kw)
-    self.roi_head = heads.RoIHead(self.num_classes, self.fc_channels,
-                                  self.num_shared_fcs, self.num_mask_convs,
-                                  self.mask_channels, **kw)
+        len(self.anchor_scales) * len(self.anchor_ratios),
+        self.rpn_cfg.feat_channels, self.anchor_strides, **kw)
+    r = self.roi_cfg
+    self.roi_head = heads.RoIHead(self.num_classes, r.fc_channels,
+                                  r.num_shared_fcs, r.num_mask_convs,
+                                  r.mask_channels, **kw)
+
+  # ---- settings the layers and losses read (from the sub-configs) -------
+
+  @property
+  def anchor_strides(self) -> Tuple[int, ...]:
+    return self.rpn_cfg.anchor_strides
+
+  @property
+  def anchor_scales(self) -> Tuple[float, ...]:
+    return self.rpn_cfg.anchor_scales
+
+  @property
+  def anchor_ratios(self) -> Tuple[float, ...]:
+    return self.rpn_cfg.anchor_ratios
+
+  @property
+  def rpn_stds(self) -> Tuple[float, ...]:
+    return self.rpn_cfg.target_stds
+
+  @property
+  def roi_strides(self) -> Tuple[int, ...]:
+    return self.roi_cfg.featmap_strides
+
+  @property
+  def finest_scale(self) -> float:
+    return float(self.roi_cfg.finest_scale)
+
+  @property
+  def box_roi_size(self) -> int:
+    return self.roi_cfg.box_roi_size
+
+  @property
+  def mask_roi_size(self) -> int:
+    return self.roi_cfg.mask_roi_size
+
+  @property
+  def bbox_stds(self) -> Tuple[float, ...]:
+    return self.roi_cfg.bbox_target_stds
+
+  @property
+  def roi_align_chunk(self) -> int:
+    return self.roi_cfg.roi_align_chunk
 
   # ---- building blocks (also used by tests and training) ----------------
 

@@ -72,12 +72,11 @@ def merge_detector(random_vars, loaded_vars):
 
 
 def load_detector_any(path: str, config):
-  """Variables of a detector .pth or converted dir, without class checks."""
-  if os.path.isdir(path):
-    variables, _ = checkpoint_lib.load_inference_checkpoint(path)
-    return variables
-  state_dict, _ = pth.read_pth(path)
-  return mmdet.state_dict_to_variables(state_dict, config)
+  """Variables of a detector .pth or converted dir, without class checks
+  (`checkpoint.load_detector_variables`, the one loader of both kinds)."""
+  variables, _ = checkpoint_lib.load_detector_variables(
+      path, config, check_classes=False)
+  return variables
 
 
 # train.init_backbone_from value that trains the backbone from random weights.

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import checkpoint as checkpoint_lib
+from maskrcnn_jax import config as config_lib
 from maskrcnn_jax.models import build
 from maskrcnn_jax.train import checkpointing
 from maskrcnn_jax.train import init as init_lib
@@ -171,7 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = jax.device_put(fresh_state(), replicated)
     meta = {}
   meta = dict(meta, config_name=config.name,
-              class_names=list(data.class_names))
+              class_names=list(data.class_names),
+              config=config_lib.config_to_dict(config))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -240,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         jax.device_get({'params': state.params,
                         'batch_stats': state.batch_stats}),
         data.class_names, config.name, overwrite=True,
-        source=f'{workdir} step {step}')
+        source=f'{workdir} step {step}', config=config)
     if evaluator and evaluated_at != step:
       eval_metrics = evaluator(state.params, state.batch_stats)
       writer.write(step, eval_metrics, prefix='val/')

@@ -1,0 +1,145 @@
+"""Evaluates a detector on a COCO-format set (box, mask and proposal metrics).
+
+  maskrcnn-eval --checkpoint CKPT [--config CONFIG] [--config.a.b=value] \
+      [--ann FILE --images DIR] [--out-dir DIR] [--classwise] \
+      [--show-dir DIR] [--batch-size N] [--max-images K] [--proposals]
+
+(also `python eval.py ...` in the repository, `python -m maskrcnn_jax eval`).
+CKPT is an MMDetection .pth file or a checkpoint directory (from the
+converter or a training run's `final`). CONFIG is a config file or a row
+name; without it, the config stored in the checkpoint directory is used (a
+.pth needs --config). The data default to the config's val set
+(config.data.val_ann / val_images). Metrics are MMDetection's CocoMetric
+(bbox_mAP, ..., segm_mAP, ...; with --proposals also the RPN's AR@100/300/
+1000). --out-dir receives results.bbox.json, results.segm.json,
+[results.proposal.json], metrics.json [and classwise.json].
+"""
+
+import argparse
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import evaluation
+
+Log = evaluation.Log
+
+
+def parse_args(argv):
+  """(argparse namespace, overrides) of the command line."""
+  argv, overrides = config_lib.split_config_flags(argv)
+  p = argparse.ArgumentParser(prog='maskrcnn-eval',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--config', default=None,
+                 help='config file or row name (default: the config stored '
+                      'in the checkpoint directory)')
+  p.add_argument('--checkpoint', required=True,
+                 help='MMDetection .pth or checkpoint directory')
+  p.add_argument('--ann', default=None,
+                 help='COCO-format annotation file (default: the config\'s '
+                      'data.val_ann)')
+  p.add_argument('--images', default=None,
+                 help='image folder (default: the config\'s data.val_images)')
+  p.add_argument('--out-dir', default=None,
+                 help='write result and metric JSON files here')
+  p.add_argument('--classwise', action='store_true',
+                 help='per-class AP table')
+  p.add_argument('--show-dir', default=None,
+                 help='save drawn detections here (one PNG per image)')
+  p.add_argument('--show-score-thr', type=float, default=0.3,
+                 help='minimum score of drawn detections (default 0.3)')
+  p.add_argument('--batch-size', type=int, default=None,
+                 help='images per device step (default: one per device)')
+  p.add_argument('--max-images', type=int, default=None,
+                 help='evaluate only the first K images')
+  p.add_argument('--proposals', action='store_true',
+                 help='also evaluate RPN proposal recall (AR@100/300/1000)')
+  p.add_argument('--metrics', nargs='+', default=None,
+                 choices=list(evaluation.METRICS),
+                 help='metrics to compute (default: bbox segm)')
+  p.add_argument('--workers', type=int, default=None,
+                 help='processes for mask pasting/encoding (default: half '
+                      'the CPUs, at most 8; 0: none)')
+  p.add_argument('--dtype', default=None,
+                 choices=['float32', 'bfloat16', 'float16'],
+                 help='compute dtype (default: the config\'s)')
+  config_lib.add_override_argument(p)
+  p.add_argument('--no-progress', dest='progress', action='store_false',
+                 help='no progress bar')
+  args = p.parse_args(argv)
+  return args, overrides + args.config_override
+
+
+def run_eval(config_path: Optional[str], checkpoint: str,
+             ann: Optional[str] = None, images: Optional[str] = None,
+             out_dir: Optional[str] = None, classwise: bool = False,
+             show_dir: Optional[str] = None, show_score_thr: float = 0.3,
+             batch_size: Optional[int] = None,
+             max_images: Optional[int] = None, proposals: bool = False,
+             metrics: Optional[Sequence[str]] = None,
+             workers: Optional[int] = None, dtype: Optional[str] = None,
+             overrides: Sequence[str] = (), progress: bool = True,
+             log: Log = print) -> Dict[str, float]:
+  """The eval command: loads config + checkpoint, evaluates, prints the
+  metrics. config_path None: the checkpoint's stored config."""
+  from maskrcnn_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = checkpoint_lib.resolve_config(config_path, checkpoint, overrides)
+  ann = ann or config.data.val_ann
+  images = images or config.data.val_images
+  if not os.path.isfile(ann):
+    raise FileNotFoundError(f'annotation file not found: {ann} (pass --ann)')
+  if not os.path.isdir(images):
+    raise FileNotFoundError(f'image folder not found: {images} '
+                            '(pass --images)')
+  metrics = list(metrics or ('bbox', 'segm'))
+  if proposals and 'proposal' not in metrics:
+    metrics.append('proposal')
+  coco_gt = evaluation.load_coco_gt(ann)
+  num_cats = len(coco_gt.getCatIds())
+  if num_cats != config.model.num_classes:
+    raise ValueError(
+        f'{ann} has {num_cats} categories but the config has '
+        f'model.num_classes={config.model.num_classes}; the checkpoint must '
+        'be trained on the dataset\'s categories')
+  if batch_size is None:
+    batch_size = jax.local_device_count()
+  predictor = predictor_lib.Predictor.from_checkpoint(
+      config, checkpoint, batch_size=batch_size, dtype=dtype)
+  log(f'evaluating {checkpoint} on {ann} ({images}); {metrics}; '
+      f'batch {batch_size} over {predictor.mesh.size} device(s)')
+  result = evaluation.evaluate(
+      predictor, coco_gt, images, metrics=metrics, classwise=classwise,
+      max_images=max_images, out_dir=out_dir, show_dir=show_dir,
+      show_score_thr=show_score_thr, workers=workers, progress=progress,
+      log=log)
+  width = max(len(k) for k in result)
+  log('\n'.join(f'{k.ljust(width)}  {v}' for k, v in result.items()
+                if not k.endswith('_precision')))
+  if out_dir:
+    log(f'results and metrics -> {out_dir}')
+  return result
+
+
+def main(argv=None) -> int:
+  try:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    run_eval(
+        args.config, args.checkpoint, ann=args.ann, images=args.images,
+        out_dir=args.out_dir, classwise=args.classwise,
+        show_dir=args.show_dir, show_score_thr=args.show_score_thr,
+        batch_size=args.batch_size, max_images=args.max_images,
+        proposals=args.proposals, metrics=args.metrics,
+        workers=args.workers, dtype=args.dtype,
+        overrides=overrides, progress=args.progress)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    print(f'error: {e.args[0] if isinstance(e, KeyError) else e}',
+          file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
