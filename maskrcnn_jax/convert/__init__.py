@@ -6,7 +6,8 @@ writes an inference checkpoint (see `maskrcnn_jax.checkpoint`); the command
 `maskrcnn-convert --config CONFIG --checkpoint X.pth --out DIR` (or
 `python -m maskrcnn_jax.convert`) calls it.
 
-Nothing here imports torch at import time; `read_pth` imports it lazily.
+Nothing here imports torch: `read_pth` reads both `.pth` formats (zip and
+legacy) with numpy and a restricted unpickler (`convert/pth.py`).
 """
 
 from maskrcnn_jax.convert.converter import ConversionResult
