@@ -5,13 +5,17 @@
 
 CKPT is an MMDetection .pth file or a directory from
 `python -m maskrcnn_jax.convert`. Writes DIR/<image stem>.png (detections
-above --score-thr drawn) and DIR/predictions.json (every detection).
+above --score-thr drawn; inputs sharing a stem, x.jpg and x.png, give
+x_jpg.png and x_png.png) and DIR/predictions.json (every detection). An
+output that would overwrite an input is refused before any work; images
+that cannot be read are skipped and named, and the exit status is then 2.
 """
 
 import argparse
 import sys
 
 from maskrcnn_jax import demo_lib
+from maskrcnn_jax import errors
 
 
 def parse_args(argv):
@@ -41,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(errors.main_guard(main))

@@ -10,11 +10,17 @@ val (config.data.val_ann / val_images). Metrics are MMDetection's CocoMetric
 (bbox_mAP, ..., segm_mAP, ...; with --proposals also the RPN's AR@100/300/
 1000). --out-dir receives results.bbox.json, results.segm.json,
 [results.proposal.json], metrics.json [and classwise.json].
+
+The annotation file is validated as the training data are, and every image
+is checked to decode before the model runs; --skip-bad-images evaluates
+without the unreadable ones (listed in metrics.json). Errors are one line;
+--debug shows the traceback.
 """
 
 import argparse
 import sys
 
+from maskrcnn_jax import errors
 from maskrcnn_jax import evaluation
 
 
@@ -54,6 +60,9 @@ def parse_args(argv):
   p.add_argument('--config-override', action='append', default=[],
                  metavar='KEY=VALUE',
                  help='override a config field, e.g. test.score_thr=0.1')
+  p.add_argument('--skip-bad-images', action='store_true',
+                 help='evaluate without the images that cannot be read '
+                      '(else they stop the run); listed in metrics.json')
   p.add_argument('--no-progress', dest='progress', action='store_false',
                  help='no progress bar')
   return p.parse_args(argv)
@@ -61,20 +70,17 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    evaluation.run_eval(
-        args.config, args.checkpoint, ann=args.ann, images=args.images,
-        out_dir=args.out_dir, classwise=args.classwise,
-        show_dir=args.show_dir, show_score_thr=args.show_score_thr,
-        batch_size=args.batch_size, max_images=args.max_images,
-        proposals=args.proposals, metrics=args.metrics,
-        workers=args.workers, dtype=args.dtype,
-        overrides=args.config_override, progress=args.progress)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  evaluation.run_eval(
+      args.config, args.checkpoint, ann=args.ann, images=args.images,
+      out_dir=args.out_dir, classwise=args.classwise,
+      show_dir=args.show_dir, show_score_thr=args.show_score_thr,
+      batch_size=args.batch_size, max_images=args.max_images,
+      proposals=args.proposals, metrics=args.metrics,
+      workers=args.workers, dtype=args.dtype,
+      overrides=args.config_override, progress=args.progress,
+      skip_bad_images=args.skip_bad_images)
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

@@ -275,7 +275,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
     for depth, name in enumerate(parents + [leaf]):
       if name not in node:
         prefix = '.'.join(parents[:depth])
-        close = difflib.get_close_matches(name, list(node.keys()), n=3)
+        close = difflib.get_close_matches(name, list(node.keys()), n=3,
+                                          cutoff=0.4)
+        close = ['.'.join(parents[:depth] + [c]) for c in close]
         hint = f'; did you mean {", ".join(close)}?' if close else ''
         raise KeyError(f'unknown config key {key!r} (no {name!r} in '
                        f'{prefix or "config"}){hint}')
@@ -292,6 +294,40 @@ def apply_overrides(config: ml_collections.ConfigDict,
     except TypeError as e:
       raise ValueError(f'config override {key}={raw!r}: {e}') from None
   return config
+
+
+def check_config_flags(args: Sequence[str]) -> Optional[str]:
+  """Explains a failed `--config=FILE --config.a.b=v` (absl) command line.
+
+  Returns a one-line message (config file missing or broken, unknown key
+  with the closest valid names, bad value), None if no problem is found.
+  """
+  path, overrides, args = None, [], list(args)
+  for i, a in enumerate(args):
+    nxt = args[i + 1] if i + 1 < len(args) else ''
+    if a.startswith('--config='):
+      path = a.split('=', 1)[1]
+    elif a == '--config':
+      path = nxt
+    elif a.startswith('--config.'):
+      body = a[2:]
+      overrides.append(body if '=' in body else f'{body}={nxt}')
+  if path is None:
+    return None
+  try:
+    config = load_config(path, lock=False)
+  except FileNotFoundError as e:
+    return str(e)
+  except Exception as e:  # pylint: disable=broad-except
+    return f'cannot load config file {path}: {type(e).__name__}: {e}'
+  for item in overrides:
+    try:
+      apply_overrides(config, [item])
+    except KeyError as e:
+      return f'--{item.split("=", 1)[0]}: {e.args[0]}'
+    except ValueError as e:
+      return f'--{item}: {e}'
+  return None
 
 
 def load_config(path: str, overrides: Sequence[str] = (),

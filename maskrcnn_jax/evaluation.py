@@ -72,11 +72,16 @@ Log = Callable[[str], Any]
 
 
 def load_coco_gt(ann_file: str, verbose: bool = False) -> COCO:
-  """pycocotools COCO object of an annotation file (clear error if absent)."""
-  if not os.path.isfile(ann_file):
-    raise FileNotFoundError(f'annotation file not found: {ann_file}')
+  """pycocotools COCO object of an annotation file, validated as the
+  training data (`data.coco.load_eval_annotations`: errors name the file
+  and the id)."""
+  from maskrcnn_jax.data import coco as coco_data  # pylint: disable=g-import-not-at-top
+  data = coco_data.load_eval_annotations(ann_file)
+  coco = COCO()
+  coco.dataset = data
   with _maybe_quiet(not verbose):
-    return COCO(ann_file)
+    coco.createIndex()
+  return coco
 
 
 def category_ids(coco_gt: COCO) -> List[int]:
@@ -710,7 +715,8 @@ def run_eval(config_path: str, checkpoint: str, ann: Optional[str] = None,
              metrics: Optional[Sequence[str]] = None,
              workers: Optional[int] = None, dtype: Optional[str] = None,
              overrides: Sequence[str] = (), progress: bool = True,
-             log: Log = print) -> Dict[str, float]:
+             log: Log = print,
+             skip_bad_images: bool = False) -> Dict[str, float]:
   """eval.py: loads config + checkpoint, evaluates, prints the metrics."""
   from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
@@ -733,6 +739,10 @@ def run_eval(config_path: str, checkpoint: str, ann: Optional[str] = None,
         f'{ann} has {num_cats} categories but the config has '
         f'model.num_classes={config.model.num_classes}; the checkpoint must '
         'be trained on the dataset\'s categories')
+  from maskrcnn_jax.data import coco as coco_data  # pylint: disable=g-import-not-at-top
+  img_ids, skipped = coco_data.check_eval_images(
+      coco_gt, images, select_images(coco_gt, max_images), skip_bad_images,
+      log)
   if batch_size is None:
     batch_size = jax.local_device_count()
   predictor = predictor_lib.Predictor.from_checkpoint(
@@ -740,10 +750,12 @@ def run_eval(config_path: str, checkpoint: str, ann: Optional[str] = None,
   log(f'evaluating {checkpoint} on {ann} ({images}); {metrics}; '
       f'batch {batch_size} over {predictor.mesh.size} device(s)')
   result = evaluate(predictor, coco_gt, images, metrics=metrics,
-                    classwise=classwise, max_images=max_images,
+                    classwise=classwise, img_ids=img_ids,
                     out_dir=out_dir, show_dir=show_dir,
                     show_score_thr=show_score_thr, workers=workers,
                     progress=progress, log=log)
+  if skipped:
+    result = coco_data.note_skipped_images(result, skipped, out_dir, log)
   width = max(len(k) for k in result)
   log('\n'.join(f'{k.ljust(width)}  {v}' for k, v in result.items()
                 if not k.endswith('_precision')))

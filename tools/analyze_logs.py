@@ -24,6 +24,9 @@ import os
 import sys
 from typing import Dict, List, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from maskrcnn_jax import errors  # pylint: disable=g-import-not-at-top
+
 Series = Dict[str, List[Tuple[int, float]]]
 
 
@@ -201,4 +204,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from maskrcnn_jax import errors
 from maskrcnn_jax import visualize  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.data import coco  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.data import transforms  # pylint: disable=g-import-not-at-top
@@ -138,4 +139,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

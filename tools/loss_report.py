@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+from maskrcnn_jax import errors  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.train import loss_report
 
 
@@ -46,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(errors.main_guard(main))

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from maskrcnn_jax import errors
 from maskrcnn_jax.convert import mmdet
 from maskrcnn_jax.convert import pth
 
@@ -98,7 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       extra[k] = meta[k]
   out = save_inference_checkpoint(
       args.out, variables, class_names, config.name, extra,
-      source=os.path.abspath(args.checkpoint), overwrite=args.overwrite)
+      source=os.path.abspath(args.checkpoint), overwrite=args.overwrite,
+      config=config)
 
   n_params = mmdet.count_parameters(variables, mmdet.PARAMS)
   n_stats = mmdet.count_parameters(variables, mmdet.BATCH_STATS)
@@ -115,4 +117,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

@@ -24,7 +24,8 @@ def make_checkpoint(arch: str, out: str, overwrite: bool = False) -> str:
       expected=build.abstract_variables(config))
   return checkpoint.save_inference_checkpoint(
       out, variables, fixtures.coco_classes(), config.name,
-      source=f'fixtures/manifests/{arch}.json', overwrite=overwrite)
+      source=f'fixtures/manifests/{arch}.json', overwrite=overwrite,
+      config=config)
 
 
 def main(argv=None):
