@@ -61,7 +61,11 @@ Polygons = List[np.ndarray]
 Rle = Dict[str, Any]
 Segmentation = Union[Polygons, Rle]
 
-MIN_SIZE = 32  # MMDetection filter_cfg min_size of the COCO train split.
+MIN_SIZE = 32
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Polygon coordinates beyond this are an error (pycocotools rasterises the
+# whole outline: huge values exhaust memory).
+MAX_POLYGON_COORD = 1e6  # MMDetection filter_cfg min_size of the COCO train split.
 
 # Counter names of `CocoDataset.skipped`.
 SKIP_REASONS = (
@@ -353,7 +357,9 @@ def _is_number(v) -> bool:
 
 
 def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+  """An int (not a bool) that fits int64 (ids are stored as int64)."""
+  return (isinstance(v, int) and not isinstance(v, bool)
+          and -2 ** 63 <= v < 2 ** 63)
 
 
 def rle_string_counts(counts: Union[str, bytes]) -> List[int]:
@@ -434,9 +440,11 @@ def _check_crowd_segmentation(seg, *, where: str, height: int, width: int):
     for j, poly in enumerate(seg):
       if (not isinstance(poly, list) or not all(_is_number(v) for v in poly)
           or len(poly) < 6 or len(poly) % 2
-          or not all(math.isfinite(v) for v in poly)):
+          or not all(math.isfinite(v) and abs(v) <= MAX_POLYGON_COORD
+                     for v in poly)):
         raise CocoFormatError(f'{where}: crowd polygon {j} must be a flat '
-                              'list of >= 6 finite numbers (even count)')
+                              'list of >= 6 finite numbers (even count) '
+                              f'within +-{MAX_POLYGON_COORD:g}')
   else:
     raise CocoFormatError(f'{where}: segmentation must be a list of polygons '
                           f'or an RLE dict, got {type(seg).__name__}')
@@ -471,6 +479,9 @@ def _parse_segmentation(seg, *, where: str, height: int, width: int,
     if not np.all(np.isfinite(arr)):
       raise CocoFormatError(f'{where}: polygon {j} has non-finite '
                             'coordinates')
+    if np.abs(arr).max() > MAX_POLYGON_COORD:
+      raise CocoFormatError(f'{where}: polygon {j} has coordinates beyond '
+                            f'+-{MAX_POLYGON_COORD:g}')
     # MMDetection LoadAnnotations._process_masks: keep even-length polygons
     # of at least 3 points.
     if len(arr) % 2 == 0 and len(arr) >= 6:
@@ -604,6 +615,9 @@ def parse_coco(data: Mapping[str, Any], *, ann_file: str, image_dir: str,
         raise CocoFormatError(f'{where}: bbox has non-finite values {bbox}')
       if min(bbox) < 0:
         raise CocoFormatError(f'{where}: bbox has negative values {bbox}')
+      if max(bbox[0] + bbox[2], bbox[1] + bbox[3]) > _FLOAT32_MAX:
+        raise CocoFormatError(f'{where}: bbox {bbox} exceeds the float32 '
+                              'range')
       area = ann['area']
       if not _is_number(area) or not math.isfinite(area):
         raise CocoFormatError(f'{where}: area must be a finite number, got '
@@ -765,11 +779,42 @@ def load_eval_annotations(ann_file: str) -> Dict[str, Any]:
   data = read_annotation_json(ann_file)
   parse_coco(data, ann_file=ann_file, image_dir='', train=False,
              log_skips=False)
+  images = {img['id']: img for img in data['images']}
+  with_seg = [a for a in data['annotations'] if 'segmentation' in a]
   for ann in data['annotations']:
+    where = f'{ann_file}: annotation id {ann["id"]}'
     crowd = ann.setdefault('iscrowd', 0)
     if crowd not in (0, 1) or not isinstance(crowd, (int, bool)):
-      raise CocoFormatError(f'{ann_file}: annotation id {ann["id"]} has '
-                            f'iscrowd={crowd!r}; expected 0 or 1'[:300])
+      raise CocoFormatError(f'{where} has iscrowd={crowd!r}; expected 0 or '
+                            '1'[:300])
+    if 'segmentation' not in ann:
+      if with_seg:
+        raise CocoFormatError(f'{where} has no "segmentation" (other '
+                              'annotations have one)')
+      continue
+    # COCOeval converts EVERY annotation's mask (also those the training
+    # rules skip): pycocotools must be able to read it.
+    img = images[ann['image_id']]
+    h, w = img['height'], img['width']
+    seg = ann['segmentation']
+    if isinstance(seg, dict):
+      _check_rle_size(seg, where=where, height=h, width=w)
+      _check_rle_counts(seg['counts'], where=where, height=h, width=w)
+    elif isinstance(seg, list) and seg:
+      for j, poly in enumerate(seg):
+        if (not isinstance(poly, list) or not all(_is_number(v) for v in poly)
+            or not all(math.isfinite(v) and abs(v) <= MAX_POLYGON_COORD
+                       for v in poly)):
+          raise CocoFormatError(f'{where}: polygon {j} must be a flat list of '
+                                'finite numbers within '
+                                f'+-{MAX_POLYGON_COORD:g}')
+        if len(poly) < (5 if j == 0 else 4):
+          raise CocoFormatError(
+              f'{where}: polygon {j} has {len(poly)} coordinates, too few '
+              'for pycocotools (a first polygon of 4 is read as a box)')
+    else:
+      raise CocoFormatError(f'{where}: segmentation must be a non-empty list '
+                            f'of polygons or an RLE dict, got {seg!r}'[:300])
   return data
 
 
