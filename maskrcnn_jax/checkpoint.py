@@ -83,8 +83,9 @@ def check_architecture(meta: Mapping[str, Any], config, path) -> None:
 
 def _mismatch_with_names(e: Exception, path, stored_name, config):
   """Prefixes a key/shape mismatch error with both config names."""
-  e.args = (f'{path} (saved for config {stored_name!r}) does not fit the '
-            f'requested config {config.name!r}: {e}',) + tuple(e.args[1:])
+  saved = f' (saved for config {stored_name!r})' if stored_name else ''
+  e.args = (f'{path}{saved} does not fit the requested config '
+            f'{config.name!r}: {e}',) + tuple(e.args[1:])
   return e
 
 

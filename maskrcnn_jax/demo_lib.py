@@ -1,12 +1,11 @@
 """Library side of demo.py: images in, drawn images and predictions out.
 
 Never writes over an input: drawings of inputs that share a stem get
-distinct names (`output_names`), and an output path that is an input file
-stops the run before any work (`check_no_overwrite`). Unreadable images are
+distinct names (`output_paths.output_names`), and an output path that is an
+input file stops the run before any work (`output_paths.check_no_overwrite`). Unreadable images are
 skipped, named, and make the run fail at the end.
 """
 
-import collections
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import tqdm
 
 from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import errors
+from maskrcnn_jax import output_paths
 from maskrcnn_jax import predictor as predictor_lib
 from maskrcnn_jax import preprocess
 from maskrcnn_jax import visualize
@@ -38,43 +38,6 @@ def list_images(path: str) -> List[str]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'input not found: {path}')
   return [path]
-
-
-def output_names(files: Sequence[str]) -> List[str]:
-  """File name of the drawing of each input (same order), all distinct.
-
-  `<stem>.png`, except for inputs whose stem another input shares, which get
-  `<stem>_<ext>.png` (x.jpg, x.png -> x_jpg.png, x_png.png); a name still
-  taken gets `_2`, `_3`, ... before `.png`.
-  """
-  stems = [os.path.splitext(os.path.basename(f)) for f in files]
-  shared = collections.Counter(stem for stem, _ in stems)
-  names, taken = [], set()
-  for stem, ext in stems:
-    base = stem if shared[stem] == 1 else f'{stem}_{ext.lstrip(".").lower()}'
-    name, k = base + '.png', 1
-    while name.lower() in taken:
-      k += 1
-      name = f'{base}_{k}.png'
-    taken.add(name.lower())
-    names.append(name)
-  return names
-
-
-def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]):
-  """UserError if an output path is one of the input files (before any work).
-
-  Outputs may overwrite files of an earlier run, never an input.
-  """
-  real = {os.path.realpath(f): f for f in inputs}
-  clashes = [(o, real[os.path.realpath(o)]) for o in outputs
-             if os.path.realpath(o) in real]
-  if clashes:
-    o, i = clashes[0]
-    raise errors.UserError(
-        f'output {o} would overwrite the input {i}'
-        + (f' (and {len(clashes) - 1} more)' if len(clashes) > 1 else '')
-        + '; choose an --out-dir that is not the input folder')
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -104,9 +67,9 @@ def run_demo(config_path: str, checkpoint: str, input_path: str,
   """
   config = config_lib.load_config(config_path, overrides)
   files = list_images(input_path)
-  names = output_names(files)
+  names = output_paths.output_names(files)
   predictions_path = os.path.join(out_dir, 'predictions.json')
-  check_no_overwrite(files, [os.path.join(out_dir, n) for n in names] +
+  output_paths.check_no_overwrite(files, [os.path.join(out_dir, n) for n in names] +
                      [predictions_path])
   predictor = predictor_lib.Predictor.from_checkpoint(
       config, checkpoint, batch_size=batch_size, dtype=dtype)

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn_jax import errors
+from maskrcnn_jax import output_paths
 from maskrcnn_jax import visualize  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.data import coco  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.data import transforms  # pylint: disable=g-import-not-at-top
@@ -117,9 +118,13 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   class_names = dataset.class_names
-  os.makedirs(args.out_dir, exist_ok=True)
   n = len(dataset) if args.max_images is None else min(args.max_images,
                                                          len(dataset))
+  inputs = [dataset.records[i].image_path for i in range(n)]
+  outputs = [os.path.join(args.out_dir, name)
+             for name in output_paths.output_names(inputs)]
+  output_paths.check_no_overwrite(inputs, outputs)
+  os.makedirs(args.out_dir, exist_ok=True)
   print(f'{args.ann}: {len(dataset)} images, {len(class_names)} classes '
         f'({", ".join(class_names)}); drawing {n} into {args.out_dir}')
   for i in range(n):
@@ -130,8 +135,7 @@ def main(argv=None) -> int:
     else:
       drawn = browse_loaded(record, class_names)
       info = f'{record.width}x{record.height} (w x h)'
-    stem = os.path.splitext(os.path.basename(record.file_name))[0]
-    out = os.path.join(args.out_dir, f'{stem}.png')
+    out = outputs[i]
     cv2.imwrite(out, drawn[..., ::-1])
     print(f'{out}: {record.num_instances} instances, '
           f'{len(record.ignored_boxes)} ignored, {info}')

@@ -21,11 +21,15 @@ Follows MMDetection 3.3.0's `CocoDataset.parse_data_info` / `filter_data` and
   Validation/test (`train=False`) keeps every image.
 
 Malformed input is an error naming the annotation file and the annotation or
-image id (`CocoFormatError`): a missing key, a bbox that is not 4 finite
-non-negative numbers, a non-finite area, an unknown category id, an empty
-segmentation or empty polygon, an RLE whose size is not the image's, a
-duplicate id, an annotation of an image that is not listed, an empty dataset or
-a split left empty by the train filter. Missing image files are an error at
+image id (`CocoFormatError`): a missing key, an id that is not an int64, a
+bbox that is not 4 finite non-negative numbers, a non-finite area, an
+unknown category id, an empty segmentation or empty polygon, polygon
+coordinates beyond +-1e6, an RLE whose size is not the image's or whose
+counts (compressed ones decoded) do not cover it exactly, a duplicate id, an
+annotation of an image that is not listed, an empty dataset or a split left
+empty by the train filter. `load_eval_annotations` (eval.py) runs the same
+checks plus what pycocotools needs of every annotation, and
+`check_eval_images` finds unreadable images before a model runs. Missing image files are an error at
 load time (`check_files=True`); undecodable ones when read (`load_image`).
 Skips are counted in `CocoDataset.skipped` and logged once per load.
 
