@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -17,9 +16,9 @@ import pytest
 
 from maskrcnn_jax import checkpoint as checkpoint_lib
 from maskrcnn_jax import config as config_lib
-from maskrcnn_jax import demo_lib
 from maskrcnn_jax import errors
 from maskrcnn_jax import evaluation
+from maskrcnn_jax import output_paths
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.testing import fixtures
 from maskrcnn_jax.train import metrics_log
@@ -207,15 +206,15 @@ def test_second_run_locked_out_then_resume_checks_config(tiny_data,
     # Throughput and ETA leave out the first step (compilation).
     assert 'img/s' not in lines[1] and 'eta' not in lines[1], lines
     assert 'img/s' in lines[3] and 'eta' in lines[3], lines
-    t0 = time.time()
     r = _run(_train_cmd(wd, overrides, 40))
     _one_error_line(r, 'is in use by another training run',
                     f'pid {first.pid}')
-    assert time.time() - t0 < 60
+    assert 'compiling' not in r.stderr  # stopped before any work
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
-  saved = sorted(int(s) for s in os.listdir(wd / 'checkpoints'))
+  saved = sorted(int(s) for s in os.listdir(wd / 'checkpoints')
+                 if s.isdigit())  # a save cut by the kill is a tmp dir
   assert saved, 'no checkpoint before the kill'
   changed = tiny_overrides(tiny_data, **{'model.roi.fc_channels': 64})
   r = _run(_train_cmd(wd, changed, 6))
@@ -281,8 +280,8 @@ def _write_image(path, seed, size=(96, 128)):
 
 
 def test_demo_output_names_never_collide():
-  names = demo_lib.output_names(['d/x.jpg', 'd/x.png', 'd/y.jpg',
-                                 'd/x_jpg.png'])
+  names = output_paths.output_names(['d/x.jpg', 'd/x.png', 'd/y.jpg',
+                                     'd/x_jpg.png'])
   assert names == ['x_jpg.png', 'x_png.png', 'y.png', 'x_jpg_2.png']
   assert len(set(names)) == len(names)
 
@@ -410,5 +409,6 @@ def test_tools_and_converter_print_one_line(tmp_path):
   assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
   r = _run([sys.executable, 'tools/loss_report.py', '--config',
             'configs/r50_fpn_1x.py', '--checkpoint', str(tmp_path / 'x'),
-            '--config-override', 'train.lrr=1'])
+            '--ann', 'a.json', '--images', 'i', '--config-override',
+            'train.lrr=1'])
   _one_error_line(r, 'train.lrr')
