@@ -24,6 +24,7 @@ import sys
 
 from maskrcnn_jax import browse
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import errors
 from maskrcnn_jax.data import coco
 
 
@@ -60,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))
