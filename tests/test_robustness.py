@@ -412,6 +412,23 @@ def test_eval_py_bad_annotations_and_images_before_the_model(
   assert 'skipping 1 unreadable images' in r.stdout + r.stderr
 
 
+def test_missing_optional_dependency_gives_install_command(
+    tmp_path, monkeypatch, capsys):
+  from tools import analyze_logs  # pylint: disable=g-import-not-at-top
+  log = tmp_path / 'metrics.jsonl'
+  log.write_text('{"step": 1, "total_loss": 1.0}\n')
+  monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+  monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import fails
+  rc = errors.main_guard(analyze_logs.main,
+                         ['plot_curve', str(log), '--out',
+                          str(tmp_path / 'c.png')])
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  assert err == ("error: missing optional dependency 'matplotlib': install "
+                 'it with `pip install matplotlib` (see requirements.txt '
+                 'for the tested version)\n')
+
+
 def test_tools_and_converter_print_one_line(tmp_path):
   r = _run([sys.executable, '-m', 'maskrcnn_jax.convert', '--config',
             'configs/r50_fpn_1x.py', '--checkpoint', str(tmp_path / 'no.pth'),
