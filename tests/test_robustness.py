@@ -301,6 +301,31 @@ def test_demo_output_names_never_collide():
   assert len(set(names)) == len(names)
 
 
+def test_browse_dataset_never_overwrites(tmp_path):
+  from maskrcnn_jax import browse  # pylint: disable=g-import-not-at-top
+  ann, image_dir = make_coco_set(str(tmp_path), num_images=2, seed=3)
+  before = {f: open(os.path.join(image_dir, f), 'rb').read()
+            for f in os.listdir(image_dir)}
+  with pytest.raises(errors.UserError, match='would overwrite the input'):
+    browse.browse_dataset(ann, image_dir, image_dir, log=lambda _: None)
+  assert {f: open(os.path.join(image_dir, f), 'rb').read()
+          for f in os.listdir(image_dir)} == before
+  # Two images sharing a stem (x.png, x.jpg): two drawings.
+  with open(ann) as f:
+    data = json.load(f)
+  first = data['images'][0]['file_name']
+  stem = os.path.splitext(first)[0]
+  os.rename(os.path.join(image_dir, data['images'][1]['file_name']),
+            os.path.join(image_dir, stem + '.jpg'))
+  data['images'][1]['file_name'] = stem + '.jpg'
+  with open(ann, 'w') as f:
+    json.dump(data, f)
+  written = browse.browse_dataset(ann, image_dir, str(tmp_path / 'out'),
+                                  log=lambda _: None)
+  assert sorted(os.path.basename(w) for w in written) == [
+      f'{stem}_jpg.png', f'{stem}_png.png']
+
+
 def test_demo_refuses_to_overwrite_an_input(tmp_path, fixture_checkpoint):
   _write_image(tmp_path / 'x.png', 0)
   before = (tmp_path / 'x.png').read_bytes()
