@@ -4,7 +4,9 @@
       [--config.train.global_batch_size=16] [--config.x=...]
 """
 
+import sys
+
 from maskrcnn_jax.cli import train
 
 if __name__ == '__main__':
-  train.main()
+  sys.exit(train.main())

@@ -18,6 +18,7 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
+from maskrcnn_jax import output_paths
 from maskrcnn_jax import visualize
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import transforms
@@ -84,6 +85,9 @@ def browse_dataset(ann: str, images: str, out_dir: str,
                    seed: int = 0, log=print) -> List[str]:
   """Draws the dataset's GT into out_dir/<image file stem>.png.
 
+  Images that share a stem get distinct names (`output_paths.output_names`);
+  an output that would be an input file stops the run before any drawing.
+
   Args:
     ann, images: a COCO-format annotation file and its image folder.
     out_dir: output folder (created).
@@ -97,14 +101,19 @@ def browse_dataset(ann: str, images: str, out_dir: str,
 
   Raises:
     FileNotFoundError / coco.CocoFormatError: unreadable dataset.
+    errors.UserError: an output path is one of the input images.
   """
   cfg = None
   if config is not None:
     cfg = transforms.TransformConfig.from_config(config, train=True)
   dataset = coco.load_coco(ann, images, train=cfg is not None)
   class_names = dataset.class_names
-  os.makedirs(out_dir, exist_ok=True)
   n = len(dataset) if max_images is None else min(max_images, len(dataset))
+  inputs = [dataset.records[i].image_path for i in range(n)]
+  outputs = [os.path.join(out_dir, name)
+             for name in output_paths.output_names(inputs)]
+  output_paths.check_no_overwrite(inputs, outputs)
+  os.makedirs(out_dir, exist_ok=True)
   log(f'{ann}: {len(dataset)} images, {len(class_names)} classes '
       f'({", ".join(class_names)}); drawing {n} into {out_dir}')
   written = []
@@ -116,8 +125,7 @@ def browse_dataset(ann: str, images: str, out_dir: str,
     else:
       drawn = browse_loaded(record, class_names)
       info = f'{record.width}x{record.height} (w x h)'
-    stem = os.path.splitext(os.path.basename(record.file_name))[0]
-    out = os.path.join(out_dir, f'{stem}.png')
+    out = outputs[i]
     cv2.imwrite(out, drawn[..., ::-1])
     written.append(out)
     log(f'{out}: {record.num_instances} instances, '

@@ -7,13 +7,19 @@ items:
   * `meta`: JSON with `format`, `format_version`, `class_names`,
     `config_name`, `config` (the resolved config as a dict, so the
     checkpoint runs with no config file and no repeated overrides),
-    `source` and any extra entries.
+    `source`, `architecture` (the config fields that decide the weights'
+    meaning: backbone style/depth/groups, widths, input normalisation; see
+    `ARCHITECTURE_KEYS`) and any extra entries.
+Loading compares the stored architecture with the requested config, so a
+same-shape mismatch (pytorch-style weights under a caffe-style config) is an
+error naming both configs, as is a key/shape mismatch.
 Orbax writes into a temporary directory and renames it when complete, so a
 directory that exists is a finished checkpoint.
 """
 
 import json
 import os
+import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,7 +27,80 @@ import numpy as np
 FORMAT_NAME = 'maskrcnn_jax.inference'
 FORMAT_VERSION = 1
 _RESERVED = ('format', 'format_version', 'class_names', 'config_name',
-             'config', 'source')
+             'config', 'source', 'architecture')
+
+# Config fields stored with a checkpoint and compared when it is loaded.
+ARCHITECTURE_KEYS = (
+    'model.num_classes', 'model.backbone.depth', 'model.backbone.groups',
+    'model.backbone.base_width', 'model.backbone.style',
+    'model.backbone.base_channels', 'model.backbone.norm',
+    'model.neck.out_channels', 'model.roi.fc_channels',
+    'model.roi.num_shared_fcs', 'model.roi.num_mask_convs',
+    'model.roi.mask_channels', 'input.mean', 'input.std', 'input.bgr_to_rgb')
+
+
+class CheckpointConfigError(ValueError):
+  """A checkpoint was saved for another architecture than the config's."""
+
+
+def _json_value(v):
+  if isinstance(v, (tuple, list)):
+    return [_json_value(x) for x in v]
+  if hasattr(v, 'to_dict'):
+    return _json_value(v.to_dict())
+  if isinstance(v, dict):
+    return {str(k): _json_value(x) for k, x in v.items()}
+  return v
+
+
+def architecture(config) -> Dict[str, Any]:
+  """The `ARCHITECTURE_KEYS` of `config` that it has, as JSON values."""
+  out = {}
+  for key in ARCHITECTURE_KEYS:
+    node = config
+    for name in key.split('.'):
+      try:
+        node = node[name]
+      except (KeyError, TypeError, AttributeError):
+        break
+    else:
+      out[key] = _json_value(node)
+  return out
+
+
+def check_architecture(meta: Mapping[str, Any], config, path,
+                       ignore: Sequence[str] = ()) -> None:
+  """Raises CheckpointConfigError if `meta`'s architecture is not config's.
+
+  The stored `architecture`, else that of the stored `config` (checkpoints
+  written before architectures were stored); nothing to compare: no check.
+  `ignore`: keys not compared (e.g. model.num_classes when fine-tuning).
+  """
+  if not isinstance(meta, Mapping):
+    return
+  stored = meta.get('architecture')
+  if not isinstance(stored, Mapping) and isinstance(meta.get('config'),
+                                                    Mapping):
+    stored = architecture(meta['config'])
+  if not isinstance(stored, Mapping):
+    return
+  current = architecture(config)
+  differ = [k for k in current if k in stored and k not in ignore and
+            stored[k] != current[k]]
+  if differ:
+    shown = '; '.join(f'{k}: checkpoint {stored[k]!r} vs config '
+                      f'{current[k]!r}' for k in differ[:4])
+    raise CheckpointConfigError(
+        f'{path} was saved for config {meta.get("config_name")!r}, not for '
+        f'the requested config {config.name!r}: {shown}')
+
+
+def _mismatch_with_names(e: Exception, path, stored_name, config):
+  """Prefixes a key/shape mismatch error with both config names."""
+  saved = f' (saved for config {stored_name!r})' if stored_name else ''
+  e.args = (f'{path}{saved} does not fit the requested config '
+            f'{config.name!r}: {e}',) + tuple(e.args[1:])
+  return e
 
 
 def _to_numpy_tree(tree):
@@ -51,7 +130,8 @@ def save_inference_checkpoint(directory, variables: Mapping[str, Any],
       reserved keys).
     source: where the weights came from (e.g. the converted `.pth` file).
     config: the resolved ConfigDict (stored; `load_checkpoint_config` reads
-      it back).
+      it back), with its `architecture` (checked when the checkpoint is
+      loaded).
     overwrite: replace an existing directory.
 
   Raises:
@@ -71,6 +151,7 @@ def save_inference_checkpoint(directory, variables: Mapping[str, Any],
   if config is not None:
     from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     meta['config'] = config_lib.config_to_dict(config)
+    meta['architecture'] = architecture(config)
   for k, v in (extra_meta or {}).items():
     if k in _RESERVED:
       raise ValueError(f'extra_meta may not set the reserved key {k!r}')
@@ -237,8 +318,14 @@ def load_detector_variables(path, config,
     if check_classes and len(names) != num_classes:
       raise ValueError(f'{path} has {len(names)} class names but the config '
                        f'has num_classes={num_classes}')
+    check_architecture(meta, config, path,
+                       ignore=() if check_classes else ('model.num_classes',))
     if expected is not None:
-      mmdet.check_variables(variables, expected, what='inference checkpoint')
+      try:
+        mmdet.check_variables(variables, expected,
+                              what='inference checkpoint')
+      except mmdet.CheckpointMismatchError as e:
+        raise _mismatch_with_names(e, path, meta.get('config_name'), config)
     return variables, names
   try:
     state_dict, meta = pth.read_pth(path)
@@ -246,7 +333,11 @@ def load_detector_variables(path, config,
     raise pth.CheckpointFormatError(
         f'{e}\n(expected an MMDetection .pth file or a directory written by '
         'save_inference_checkpoint)') from e
-  variables = mmdet.state_dict_to_variables(state_dict, config, expected)
+  stored_name = _check_pth_backbone(meta, config, path)
+  try:
+    variables = mmdet.state_dict_to_variables(state_dict, config, expected)
+  except mmdet.CheckpointMismatchError as e:
+    raise _mismatch_with_names(e, path, stored_name, config)
   if not check_classes:
     try:
       names = mmdet.class_names_from_meta(meta, num_classes)
@@ -254,3 +345,37 @@ def load_detector_variables(path, config,
       names = ()
     return variables, tuple(names)
   return variables, mmdet.class_names_from_meta(meta, num_classes)
+
+
+def _check_pth_backbone(meta, config, path) -> Optional[str]:
+  """Compares the backbone of an MMDetection `meta['config']` text (when
+  the .pth has one) with `config`; returns the stored config's file name."""
+  text = meta.get('config') if isinstance(meta, Mapping) else None
+  if not isinstance(text, str):
+    return None
+  name = None
+  for key in ('filename', 'cfg_name'):
+    if isinstance(meta.get(key), str):
+      name = os.path.basename(meta[key])
+  at = text.find('backbone=dict(')
+  if at < 0:
+    at = text.find("backbone = dict(")
+  if at < 0:
+    return name
+  block = text[at:at + 800]
+  b = config.model.backbone
+  found = {}
+  for field, pattern in (('style', r"style\s*=\s*'(\w+)'"),
+                         ('depth', r'depth\s*=\s*(\d+)'),
+                         ('groups', r'groups\s*=\s*(\d+)')):
+    m = re.search(pattern, block)
+    if m:
+      found[field] = m.group(1)
+  differ = [f'model.backbone.{k}: checkpoint {v!r} vs config '
+            f'{str(b[k])!r}' for k, v in found.items() if str(b[k]) != v]
+  if differ:
+    raise CheckpointConfigError(
+        f'{path} was trained with another backbone (its config'
+        f'{" " + repr(name) if name else ""}) than the requested config '
+        f'{config.name!r}: ' + '; '.join(differ))
+  return name

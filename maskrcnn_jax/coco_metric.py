@@ -57,11 +57,22 @@ Log = Callable[[str], Any]
 
 
 def load_coco_gt(ann_file: str, verbose: bool = False) -> COCO:
-  """pycocotools COCO object of an annotation file (clear error if absent)."""
-  if not os.path.isfile(ann_file):
-    raise FileNotFoundError(f'annotation file not found: {ann_file}')
+  """pycocotools COCO object of an annotation file, validated as the
+  training data (`data.coco.load_eval_annotations`: errors name the file
+  and the id).
+
+  Raises:
+    FileNotFoundError: no such file.
+    data.coco.CocoFormatError: not JSON, or a defect (one line naming the
+      file and the offending id or value).
+  """
+  from maskrcnn_jax.data import coco as coco_data  # pylint: disable=g-import-not-at-top
+  data = coco_data.load_eval_annotations(ann_file)
+  coco = COCO()
+  coco.dataset = data
   with _maybe_quiet(not verbose):
-    return COCO(ann_file)
+    coco.createIndex()
+  return coco
 
 
 def category_ids(coco_gt: COCO) -> List[int]:

@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import ml_collections
 
+from maskrcnn_jax import errors
+
 # Normalisation of each backbone style (MMDetection `DetDataPreprocessor`).
 PYTORCH_STYLE_INPUT = dict(
     mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), bgr_to_rgb=True)
@@ -284,7 +286,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
     for depth, name in enumerate(parents + [leaf]):
       if name not in node:
         prefix = '.'.join(parents[:depth])
-        close = difflib.get_close_matches(name, list(node.keys()), n=3)
+        close = difflib.get_close_matches(name, list(node.keys()), n=3,
+                                          cutoff=0.4)
+        close = ['.'.join(parents[:depth] + [c]) for c in close]
         hint = f'; did you mean {", ".join(close)}?' if close else ''
         raise KeyError(f'unknown config key {key!r} (no {name!r} in '
                        f'{prefix or "config"}){hint}')
@@ -406,6 +410,42 @@ def config_from_dict(d: dict, lock: bool = True
   return config
 
 
+def check_config_flags(args: Sequence[str]) -> Optional[str]:
+  """Explains a failed `--config=FILE --config.a.b=v` (absl) command line.
+
+  Returns a one-line message (config file missing or broken, unknown key
+  with the closest valid names, bad value), None if no problem is found.
+  """
+  path, overrides, args = None, [], list(args)
+  for i, a in enumerate(args):
+    nxt = args[i + 1] if i + 1 < len(args) else ''
+    if a.startswith('--config='):
+      path = a.split('=', 1)[1]
+    elif a == '--config':
+      path = nxt
+    elif a.startswith('--config.'):
+      body = a[2:]
+      overrides.append(body if '=' in body else f'{body}={nxt}')
+  if path is None:
+    return None
+  try:
+    config = load_config(path, lock=False)
+  except (FileNotFoundError, ConfigFileError) as e:
+    return str(e)
+  for item in overrides:
+    try:
+      apply_overrides(config, [item])
+    except KeyError as e:
+      return f'--{item.split("=", 1)[0]}: {e.args[0]}'
+    except ValueError as e:
+      return f'--{item}: {e}'
+  return None
+
+
+class ConfigFileError(errors.UserError, AttributeError):
+  """A config file that does not load (raises, or has no get_config)."""
+
+
 def load_config(path: str, overrides: Sequence[str] = (),
                 lock: bool = True) -> ml_collections.ConfigDict:
   """Imports a config file (or shipped row name), applies overrides and
@@ -416,16 +456,24 @@ def load_config(path: str, overrides: Sequence[str] = (),
 
   Raises:
     FileNotFoundError: no such file nor shipped config name.
-    AttributeError: the file has no `get_config`.
+    ConfigFileError (an AttributeError): the file has no `get_config`, or
+      importing it or calling it raised (the message names the file).
+    KeyError / ValueError: a bad override (see `apply_overrides`).
   """
   path = resolve_config_path(path)
   name = '_maskrcnn_config_' + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise AttributeError(f'{path} defines no get_config()')
-  config = module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigFileError(f'{path} defines no get_config()')
+    config = module.get_config()
+  except ConfigFileError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigFileError(f'cannot load config file {path}: '
+                          f'{type(e).__name__}: {e}') from e
   apply_overrides(config, overrides)
   if lock:
     config.lock()

@@ -161,7 +161,8 @@ def run_inference(predictor, coco_gt: COCO, image_dir: str,
     detections: compute boxes (and `masks`: RLE masks).
     proposals: also return the RPN proposals.
     variables: run with these variables instead of the predictor's.
-    show_dir: write drawn detections there (<file stem>.png).
+    show_dir: write drawn detections there (<file stem>.png, distinct names
+      for inputs sharing a stem: `output_paths.output_names`).
     show_score_thr: minimum score of drawn detections.
     workers: processes for mask pasting/encoding/drawing (default
       `default_workers()`; 0: in this process).
@@ -183,6 +184,10 @@ def run_inference(predictor, coco_gt: COCO, image_dir: str,
   if variables is not None:
     variables = predictor.replicate(variables)
   if show_dir:
+    from maskrcnn_jax import output_paths  # pylint: disable=g-import-not-at-top
+    show_paths = [os.path.join(show_dir, n)
+                  for n in output_paths.output_names(paths)]
+    output_paths.check_no_overwrite(paths, show_paths)
     os.makedirs(show_dir, exist_ok=True)
   mask_thr = float(predictor.config.test.mask_thr_binary)
   class_names_ = list(predictor.class_names)
@@ -235,9 +240,7 @@ def run_inference(predictor, coco_gt: COCO, image_dir: str,
         results[index]['masks'] = []
       show = None
       if show_dir:
-        stem = os.path.splitext(os.path.basename(paths[index]))[0]
-        show = dict(image_path=paths[index],
-                    out_path=os.path.join(show_dir, stem + '.png'),
+        show = dict(image_path=paths[index], out_path=show_paths[index],
                     class_names=class_names_, score_thr=show_score_thr)
       if (masks and len(boxes)) or show is not None:
         job = dict(boxes=boxes, scores=scores, labels=labels,

@@ -19,6 +19,8 @@ import json
 import os
 from typing import Dict, List, Sequence, Tuple
 
+from maskrcnn_jax import errors
+
 Series = Dict[str, List[Tuple[int, float]]]
 
 
@@ -61,9 +63,8 @@ def plot_curve(logs: Sequence[Series], names: Sequence[str],
   """Draws every key of every log against the step; returns the figure."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise SystemExit('plot_curve needs matplotlib: pip install -r '
-                     'requirements-dev.txt') from None
+  except ImportError as e:  # one line with the install command
+    raise errors.missing_dependency(e) from e
   if backend:
     matplotlib.use(backend)
   elif out:

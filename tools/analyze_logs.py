@@ -23,6 +23,7 @@ is installed. The library side is `maskrcnn_jax.log_analysis`.)
 import argparse
 import sys
 
+from maskrcnn_jax import errors
 from maskrcnn_jax.log_analysis import cal_train_time
 from maskrcnn_jax.log_analysis import load_log
 from maskrcnn_jax.log_analysis import plot_curve
@@ -66,4 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

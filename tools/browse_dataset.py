@@ -9,7 +9,9 @@ tools/analysis_tools/browse_dataset.py.
 (from the repository root; `python tools/browse_dataset.py` where the
 package is installed). The library side is `maskrcnn_jax.browse`.
 
-Writes DIR/<image file stem>.png per image: masks, boxes and class names of
+Writes DIR/<image file stem>.png per image (images sharing a stem get
+distinct names; an output that would be an input file stops the run before
+any drawing): masks, boxes and class names of
 the GT instances (class names from the annotation file's categories), crowd
 and ignored boxes as thin grey outlines captioned 'ignored'. As loaded
 (`coco.load_coco(train=False)`: every image), or with --train-pipeline as
@@ -24,6 +26,7 @@ import sys
 
 from maskrcnn_jax import browse
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import errors
 from maskrcnn_jax.data import coco
 
 
@@ -60,4 +63,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

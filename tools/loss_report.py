@@ -17,8 +17,8 @@ import argparse
 import json
 import sys
 
-
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+from maskrcnn_jax import errors  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax.train import loss_report
 
 
@@ -33,9 +33,12 @@ def main(argv=None):
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--file-names', nargs='*', default=None,
                  help='only these images (file_name in the annotations)')
-  p.add_argument('--config-override', action='append', default=[])
+  config_lib.add_override_argument(p)
+  argv, overrides = config_lib.split_config_flags(
+      sys.argv[1:] if argv is None else argv)
   args = p.parse_args(argv)
-  config = config_lib.load_config(args.config, args.config_override)
+  config = config_lib.load_config(args.config,
+                                  overrides + args.config_override)
   report = loss_report.loss_report(config, args.checkpoint, args.ann,
                                    args.images, args.deterministic_sampling,
                                    args.seed, args.file_names)
@@ -44,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(errors.main_guard(main))

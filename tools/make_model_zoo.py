@@ -18,6 +18,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+from maskrcnn_jax import errors  # pylint: disable=g-import-not-at-top
 from maskrcnn_jax import zoo  # pylint: disable=g-import-not-at-top
 
 OUT = os.path.join(REPO, 'MODEL_ZOO.md')
@@ -215,4 +216,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.main_guard(main))

@@ -7,7 +7,9 @@
 row name (`r50_fpn_1x`); `--config.a.b=value` overrides a field. The
 checkpoint must match the model that the config builds exactly (every key,
 every shape); otherwise all differences are listed and the exit status is 1.
-Other errors (missing or unreadable files, class names) exit with 2.
+Other errors (missing or unreadable files, class names, a config typo) are
+one line `error: ...` with exit status 2; --debug (or MASKRCNN_JAX_DEBUG=1)
+shows the traceback.
 """
 
 import argparse
@@ -15,9 +17,9 @@ import sys
 from typing import Optional, Sequence
 
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import errors
 from maskrcnn_jax.convert import converter
 from maskrcnn_jax.convert import mmdet
-from maskrcnn_jax.convert import pth
 
 
 def _shape(s) -> str:
@@ -47,20 +49,11 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: Sequence[str]) -> int:
   argv, overrides = config_lib.split_config_flags(argv)
   args = _parser().parse_args(argv)
   overrides += args.config_override
-
-  def fail(msg, code=2):
-    print(f'error: {msg}', file=sys.stderr)
-    return code
-
-  try:
-    config = config_lib.load_config(args.config, overrides)
-  except (FileNotFoundError, AttributeError, KeyError, ValueError) as e:
-    return fail(e.args[0] if isinstance(e, KeyError) else e)
+  config = config_lib.load_config(args.config, overrides)
 
   def show_plan(state_dict, plan):
     by_key = {m.key: m for m in plan}
@@ -76,12 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = converter.convert_checkpoint(
         config, args.checkpoint, args.out, overwrite=args.overwrite,
         strict=args.strict, on_plan=show_plan if args.verbose else None)
-  except mmdet.CheckpointMismatchError as e:
+  except mmdet.CheckpointMismatchError as e:  # every difference, status 1
     print(str(e), file=sys.stderr)
     return 1
-  except (FileExistsError, FileNotFoundError, pth.CheckpointFormatError,
-          ValueError) as e:
-    return fail(e)
   print(f'read {result.num_keys} keys from {args.checkpoint}: '
         f'{result.num_converted} converted, {result.num_dropped} dropped '
         '(num_batches_tracked)')
@@ -92,6 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f'classes: {len(result.class_names)}')
   print(f'wrote {result.out}')
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs the command; returns the exit status (see the module doc)."""
+  return errors.main_guard(_main, argv)
 
 
 if __name__ == '__main__':

@@ -7,14 +7,19 @@
 CKPT is an MMDetection .pth file or a checkpoint directory (from the
 converter or a training run's `final`); without --config (a file or a row
 name) the config stored in the checkpoint directory is used. Writes
-DIR/<image stem>.png (detections above --score-thr drawn) and
-DIR/predictions.json (every detection).
+DIR/<image stem>.png (detections above --score-thr drawn; inputs sharing a
+stem, x.jpg and x.png, give x_jpg.png and x_png.png) and
+DIR/predictions.json (every detection). An output that would overwrite an
+input is refused before any work; images that cannot be read are skipped
+and named, and the exit status is then 2. Errors are one line `error: ...`;
+--debug (or MASKRCNN_JAX_DEBUG=1) shows the traceback.
 """
 
 import argparse
 import sys
 
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import errors
 
 
 def parse_args(argv):
@@ -40,19 +45,19 @@ def parse_args(argv):
   return args, overrides + args.config_override
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
   from maskrcnn_jax import demo_lib  # pylint: disable=g-import-not-at-top
-  try:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    demo_lib.run_demo(args.config, args.checkpoint, args.input,
-                      args.out_dir, score_thr=args.score_thr,
-                      batch_size=args.batch_size, dtype=args.dtype,
-                      overrides=overrides)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f'error: {e.args[0] if isinstance(e, KeyError) else e}',
-          file=sys.stderr)
-    return 2
+  args, overrides = parse_args(argv)
+  demo_lib.run_demo(args.config, args.checkpoint, args.input, args.out_dir,
+                    score_thr=args.score_thr, batch_size=args.batch_size,
+                    dtype=args.dtype, overrides=overrides)
   return 0
+
+
+def main(argv=None) -> int:
+  """Runs the command; user errors (including unreadable images, after the
+  others are done): one line `error: ...`, status 2."""
+  return errors.main_guard(_main, argv)
 
 
 if __name__ == '__main__':

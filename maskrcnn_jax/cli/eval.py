@@ -13,6 +13,12 @@ name; without it, the config stored in the checkpoint directory is used (a
 (bbox_mAP, ..., segm_mAP, ...; with --proposals also the RPN's AR@100/300/
 1000). --out-dir receives results.bbox.json, results.segm.json,
 [results.proposal.json], metrics.json [and classwise.json].
+
+The annotation file is validated as the training data are (one line naming
+the file and the offending id or value), and every image is checked to
+decode before the model runs; --skip-bad-images evaluates without the
+unreadable ones (listed in metrics.json). Errors are one line `error: ...`
+(exit status 2); --debug (or MASKRCNN_JAX_DEBUG=1) shows the traceback.
 """
 
 import argparse
@@ -21,6 +27,7 @@ import sys
 from typing import Dict, Optional, Sequence
 
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import errors
 from maskrcnn_jax import evaluation
 
 Log = evaluation.Log
@@ -65,6 +72,9 @@ def parse_args(argv):
                  choices=['float32', 'bfloat16', 'float16'],
                  help='compute dtype (default: the config\'s)')
   config_lib.add_override_argument(p)
+  p.add_argument('--skip-bad-images', action='store_true',
+                 help='evaluate without the images that cannot be read '
+                      '(else they stop the run); listed in metrics.json')
   p.add_argument('--no-progress', dest='progress', action='store_false',
                  help='no progress bar')
   args = p.parse_args(argv)
@@ -80,9 +90,20 @@ def run_eval(config_path: Optional[str], checkpoint: str,
              metrics: Optional[Sequence[str]] = None,
              workers: Optional[int] = None, dtype: Optional[str] = None,
              overrides: Sequence[str] = (), progress: bool = True,
-             log: Log = print) -> Dict[str, float]:
+             log: Log = print,
+             skip_bad_images: bool = False) -> Dict[str, float]:
   """The eval command: loads config + checkpoint, evaluates, prints the
-  metrics. config_path None: the checkpoint's stored config."""
+  metrics. config_path None: the checkpoint's stored config.
+
+  The annotation file is validated (`coco_metric.load_coco_gt`) and every
+  image decoded (`data.coco.check_eval_images`) before the model is built;
+  skip_bad_images: evaluate without the unreadable ones (named in the
+  result and metrics.json) instead of stopping.
+
+  Raises:
+    FileNotFoundError / data.coco.CocoFormatError / ValueError /
+    errors.UserError: bad config, checkpoint, annotations or images.
+  """
   from maskrcnn_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -104,6 +125,10 @@ def run_eval(config_path: Optional[str], checkpoint: str,
         f'{ann} has {num_cats} categories but the config has '
         f'model.num_classes={config.model.num_classes}; the checkpoint must '
         'be trained on the dataset\'s categories')
+  from maskrcnn_jax.data import coco as coco_data  # pylint: disable=g-import-not-at-top
+  img_ids, skipped = coco_data.check_eval_images(
+      coco_gt, images, evaluation.select_images(coco_gt, max_images),
+      skip_bad_images, log)
   if batch_size is None:
     batch_size = jax.local_device_count()
   predictor = predictor_lib.Predictor.from_checkpoint(
@@ -112,9 +137,11 @@ def run_eval(config_path: Optional[str], checkpoint: str,
       f'batch {batch_size} over {predictor.mesh.size} device(s)')
   result = evaluation.evaluate(
       predictor, coco_gt, images, metrics=metrics, classwise=classwise,
-      max_images=max_images, out_dir=out_dir, show_dir=show_dir,
+      img_ids=img_ids, out_dir=out_dir, show_dir=show_dir,
       show_score_thr=show_score_thr, workers=workers, progress=progress,
       log=log)
+  if skipped:
+    result = coco_data.note_skipped_images(result, skipped, out_dir, log)
   width = max(len(k) for k in result)
   log('\n'.join(f'{k.ljust(width)}  {v}' for k, v in result.items()
                 if not k.endswith('_precision')))
@@ -123,22 +150,23 @@ def run_eval(config_path: Optional[str], checkpoint: str,
   return result
 
 
-def main(argv=None) -> int:
-  try:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    run_eval(
-        args.config, args.checkpoint, ann=args.ann, images=args.images,
-        out_dir=args.out_dir, classwise=args.classwise,
-        show_dir=args.show_dir, show_score_thr=args.show_score_thr,
-        batch_size=args.batch_size, max_images=args.max_images,
-        proposals=args.proposals, metrics=args.metrics,
-        workers=args.workers, dtype=args.dtype,
-        overrides=overrides, progress=args.progress)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f'error: {e.args[0] if isinstance(e, KeyError) else e}',
-          file=sys.stderr)
-    return 2
+def _main(argv) -> int:
+  args, overrides = parse_args(argv)
+  run_eval(
+      args.config, args.checkpoint, ann=args.ann, images=args.images,
+      out_dir=args.out_dir, classwise=args.classwise,
+      show_dir=args.show_dir, show_score_thr=args.show_score_thr,
+      batch_size=args.batch_size, max_images=args.max_images,
+      proposals=args.proposals, metrics=args.metrics,
+      workers=args.workers, dtype=args.dtype,
+      overrides=overrides, progress=args.progress,
+      skip_bad_images=args.skip_bad_images)
   return 0
+
+
+def main(argv=None) -> int:
+  """Runs the command; user errors: one line `error: ...`, status 2."""
+  return errors.main_guard(_main, argv)
 
 
 if __name__ == '__main__':

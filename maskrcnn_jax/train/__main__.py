@@ -1,6 +1,8 @@
 """`python -m maskrcnn_jax.train --config=...`: the train command."""
 
+import sys
+
 from maskrcnn_jax.cli import train
 
 if __name__ == '__main__':
-  train.main()
+  sys.exit(train.main())

@@ -16,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from maskrcnn_jax import errors
+
 
 def manager(directory: str, max_to_keep: int,
             asynchronous: bool = True) -> ocp.CheckpointManager:
@@ -52,12 +54,19 @@ def restore(mgr: ocp.CheckpointManager, abstract_state,
             step: Optional[int] = None) -> Tuple[Any, Any, Dict[str, Any]]:
   """(state, this process's data iterator state, meta) of `step`/latest."""
   step = mgr.latest_step() if step is None else step
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  try:
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  except (ValueError, KeyError, TypeError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    raise errors.UserError(
+        f'cannot resume from checkpoint step {step} in {mgr.directory}: its '
+        f'state does not fit this config ({first[:300]}); use the config the '
+        'workdir was trained with (config.json) or a new workdir') from e
   processes = restored['data']['processes']
   if len(processes) != jax.process_count():
-    raise ValueError(f'checkpoint step {step} was written by '
+    raise errors.UserError(f'checkpoint step {step} was written by '
                      f'{len(processes)} processes; this run has '
                      f'{jax.process_count()}')
   return restored['state'], processes[jax.process_index()], restored['meta']

@@ -14,8 +14,14 @@ Order of initialisation (first that applies):
 One jitted step runs over a 1-D 'data' mesh of every device of every
 process (`jax.distributed` for multi-host). Checkpoints are written
 asynchronously and atomically every `train.checkpoint_every` steps and at
-the end; SIGTERM saves and exits; a non-finite loss stops the run naming the
-step and the loss.
+the end; SIGTERM/SIGINT save and stop the run (`train_and_evaluate` returns
+the signal; train.py exits with 128 + its number); a non-finite loss stops
+the run naming the step and the loss.
+
+The workdir is locked for the run (`workdir.WorkdirLock`); a resume checks
+the config against the stored one before anything is compiled
+(`workdir.check_resume_config`) and cuts metrics.jsonl back to the restored
+step. Images/s and the ETA leave out the first step (compilation).
 """
 
 import json
@@ -32,6 +38,7 @@ import numpy as np
 
 from maskrcnn_jax import checkpoint as checkpoint_lib
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import errors
 from maskrcnn_jax.models import build
 from maskrcnn_jax.train import checkpointing
 from maskrcnn_jax.train import init as init_lib
@@ -40,11 +47,12 @@ from maskrcnn_jax.train import metrics_log
 from maskrcnn_jax.train import optim
 from maskrcnn_jax.train import state as state_lib
 from maskrcnn_jax.train import train_data
+from maskrcnn_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.UserError, RuntimeError):
   """A loss became NaN or Inf."""
 
 
@@ -53,6 +61,7 @@ class _Terminate:
 
   def __init__(self):
     self.requested = False
+    self.signum = None
     self._previous = {}
 
   def __enter__(self):
@@ -67,6 +76,7 @@ class _Terminate:
     del frame
     log.warning('received signal %d: saving a checkpoint and exiting', signum)
     self.requested = True
+    self.signum = signum
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -111,8 +121,19 @@ def _to_float(metrics) -> Dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def _make_workdir(workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f'cannot create the workdir {workdir}: '
+                           f'{e.strerror}') from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise errors.UserError(f'the workdir {workdir} is not writable')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       max_steps: Optional[int] = None) -> Dict[str, Any]:
+                       max_steps: Optional[int] = None,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it has checkpoints).
 
   Args:
@@ -120,15 +141,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir: output folder (checkpoints, metrics.jsonl, TensorBoard, config).
     max_steps: stop after this global step (for tests/smoke runs); the
       schedule still follows the config.
+    allow_config_change: on resume, accept changed schedule / evaluation
+      keys (`workdir.RESUME_SAFE_KEYS`).
 
   Returns:
-    dict with the final step, the last logged metrics and the last
-    evaluation metrics (if any).
+    dict with the final step, the last logged metrics, the last evaluation
+    metrics (if any) and `signal`: the number of the signal that stopped the
+    run (None when it ran to its end).
+
+  Raises:
+    errors.UserError (one-line message): workdir in use or not writable,
+    config changed on resume, bad data, non-finite loss, ...
   """
+  _make_workdir(workdir)
+  lock = (workdir_lib.WorkdirLock(workdir).acquire()
+          if jax.process_index() == 0 else None)
+  try:
+    return _train(config, workdir, max_steps, allow_config_change)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir, max_steps, allow_config_change):
+  """train_and_evaluate once the workdir is locked."""
   t = config.train
   mesh = make_mesh()
   check_batch_layout(config, mesh.size)
-  os.makedirs(workdir, exist_ok=True)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  mgr = checkpointing.manager(ckpt_dir, t.keep_checkpoints)
+  resume_step = mgr.latest_step()
+  is_main = jax.process_index() == 0
+  if resume_step is not None:  # before any data is read or code compiled
+    workdir_lib.check_resume_config(workdir, config, resume_step,
+                                    allow_config_change, write=is_main)
   data = train_data.TrainData(config, seed=t.seed)
   steps_per_epoch = data.steps_per_epoch
   num_steps = optim.total_steps(config, steps_per_epoch)
@@ -145,8 +191,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config, images_per_group=t.images_per_group)
   train_step = state_lib.make_train_step(model, tx, loss_cfg, mesh, frozen)
 
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  mgr = checkpointing.manager(ckpt_dir, t.keep_checkpoints)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   loss_scale = state_lib.LossScale.create(
@@ -164,8 +208,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       abstract)
-  if mgr.latest_step() is not None:
-    state, data_state, meta = checkpointing.restore(mgr, abstract)
+  if resume_step is not None:
+    state, data_state, meta = checkpointing.restore(mgr, abstract,
+                                                    resume_step)
     data.set_state(data_state)
     log.info('resumed from %s at step %d', ckpt_dir, int(state.step))
   else:
@@ -173,14 +218,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     meta = {}
   meta = dict(meta, config_name=config.name,
               class_names=list(data.class_names),
-              config=config_lib.config_to_dict(config))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+              config=config_lib.config_to_dict(config),
+              architecture=checkpoint_lib.architecture(config))
+  if is_main:
+    if resume_step is None:  # a fresh run: its config starts the history
+      for step_, path in workdir_lib.stored_configs(workdir):
+        if step_:
+          os.remove(path)
+      workdir_lib.write_config(os.path.join(workdir, 'config.json'), config)
     with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
       json.dump(list(data.class_names), f)
 
-  writer = metrics_log.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  writer = metrics_log.MetricsWriter(workdir, enabled=is_main,
+                                     resume_step=int(state.step))
   evaluator = train_data.make_evaluator(
       config, data.class_names,
       show_dir=os.path.join(workdir, 'predictions'))
@@ -189,11 +239,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_metrics, eval_metrics = {}, {}
   evaluated_at = None
   pending = None  # (step, metrics) of the previous step, fetched lazily
-  t_start = time.time()
+  # Throughput and ETA from the end of the first step (which compiles).
+  t_first, first_step = None, start_step + 1
   log.info('compiling the train step (first step is slow) ...')
 
   def finish(step_metrics):
-    nonlocal last_metrics
+    nonlocal last_metrics, t_first
     s, m = step_metrics
     m = _to_float(m)
     loss = m['total_loss']
@@ -203,13 +254,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise NonFiniteLossError(f'non-finite loss at step {s}: total_loss='
                                f'{loss}, {bad}')
     last_metrics = m
+    if t_first is None:
+      t_first = time.time()
     if s % t.log_every == 0 or s == num_steps:
-      elapsed = time.time() - t_start
-      done = s - start_step
-      ips = done * t.global_batch_size / max(elapsed, 1e-9)
-      eta = (num_steps - s) * elapsed / max(done, 1)
-      writer.write(s, dict(m, lr=float(schedule(s - 1)), images_per_sec=ips),
-                   eta_seconds=eta)
+      row, eta = dict(m, lr=float(schedule(s - 1))), None
+      done = s - first_step
+      if done > 0:
+        elapsed = time.time() - t_first
+        row['images_per_sec'] = done * t.global_batch_size / max(elapsed,
+                                                                 1e-9)
+        eta = (num_steps - s) * elapsed / done
+      writer.write(s, row, eta_seconds=eta)
 
   with _Terminate() as term:
     while step < num_steps:
@@ -249,4 +304,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   data.close()
   return dict(step=step, metrics=last_metrics, eval=eval_metrics,
-              state=state)
+              state=state, signal=term.signum)

@@ -12,16 +12,58 @@ _CONSOLE_KEYS = ('total_loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls',
                  'loss_bbox', 'loss_mask', 'acc')
 
 
-class MetricsWriter:
-  """Writes one JSON line per record and TensorBoard scalars (process 0)."""
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops the rows of `path` with step > last_step (and torn lines),
+  atomically; returns how many rows were dropped.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run killed after its last checkpoint logged steps that the resumed run
+  logs again; cutting them keeps every step once.
+  """
+  if not os.path.isfile(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        step = int(row['step'])
+      except (ValueError, KeyError, TypeError):
+        dropped += 1  # a line torn by a kill, or not a metrics row
+        continue
+      if step > last_step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith('\n') else line + '\n')
+  if dropped:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.info('%s: removed %d rows after the resumed step %d', path, dropped,
+             last_step)
+  return dropped
+
+
+class MetricsWriter:
+  """Writes one JSON line per record and TensorBoard scalars (process 0).
+
+  With `resume_step`, rows of metrics.jsonl after that step (left by a run
+  killed after its last checkpoint) are removed first.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True,
+               resume_step: Optional[int] = None):
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
     if not enabled:
       return
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if resume_step is not None:
+      truncate_jsonl(path, resume_step)
+    self._jsonl = open(path, 'a')
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
