@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Matmul/conv precision: 'highest' keeps float32 exact on GPUs/TPUs
       # (no TF32); 'default' lets XLA pick faster, less precise passes.
       precision='highest',
+      # GroupNorm groups wherever a part's norm is 'GN' (MMDetection
+      # norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)).
+      norm_groups=32,
       backbone=dict(
           depth=50,            # 50 or 101
           groups=1,            # ResNeXt cardinality; 1 = ResNet
@@ -72,11 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
           norm_requires_grad=True,  # BN gamma/beta trainable (layers 2-4)
           norm_eps=1e-5,
           base_channels=64,    # stem / layer1 width (64 in every zoo row)
+          norm='BN',           # 'BN' (frozen, norm_eval) | 'GN' (trainable)
       ),
       neck=dict(
           in_channels=(256, 512, 1024, 2048),
           out_channels=256,
           num_outs=5,
+          norm='none',         # 'none' | 'GN' on every FPN conv
       ),
       rpn=dict(
           feat_channels=256,
@@ -95,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
           bbox_target_stds=(0.1, 0.1, 0.2, 0.2),
           num_mask_convs=4,
           mask_channels=256,
+          norm='none',         # 'none' | 'GN' on the mask head's convs
           # RoIs are processed in chunks of this many; each chunk picks the
           # smallest exact gather window that covers its RoIs (results do
           # not depend on it). Small chunks fit the windows tightly (best on
