@@ -1,4 +1,5 @@
-"""Shared layers: frozen BatchNorm, GroupNorm, MMDetection-named convs, padding masks.
+"""Shared layers: frozen BatchNorm, GroupNorm, MMDetection-named convs and
+padding masks.
 
 Every image sits on a fixed padded canvas but MMDetection pads it only to
 `pad_shape` (a multiple of 32). To reproduce MMDetection exactly, feature
