@@ -149,6 +149,10 @@ def base_config() -> ml_collections.ConfigDict:
       max_instances=100,         # GT instances per image (padded)
       max_ignored=32,            # crowd boxes per image (padded)
       mask_crop=112,             # compact GT mask grid (see data.transforms)
+      # 28x28 mask targets: 'auto' = 'exact' (MMDetection's roi_align of the
+      # full bitmap, bit-packed canvas bitmaps) for bitmap recipes and
+      # 'compact' (from the mask_crop grids) for polygon recipes.
+      mask_target='auto',
       max_polygon_vertices=256,  # polygon recipes: padded vertex count
       # RPN targets.
       rpn_pos_iou=0.7,
