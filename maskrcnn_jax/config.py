@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Matmul/conv precision: 'highest' keeps float32 exact on GPUs/TPUs
       # (no TF32); 'default' lets XLA pick faster, less precise passes.
       precision='highest',
+      # GroupNorm groups wherever a part's norm is 'GN' (MMDetection
+      # norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)).
+      norm_groups=32,
       backbone=dict(
           depth=50,            # 50 or 101
           groups=1,            # ResNeXt cardinality; 1 = ResNet
@@ -74,11 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
           norm_requires_grad=True,  # BN gamma/beta trainable (layers 2-4)
           norm_eps=1e-5,
           base_channels=64,    # stem / layer1 width (64 in every zoo row)
+          norm='BN',           # 'BN' (frozen, norm_eval) | 'GN' (trainable)
       ),
       neck=dict(
           in_channels=(256, 512, 1024, 2048),
           out_channels=256,
           num_outs=5,
+          norm='none',         # 'none' | 'GN' on every FPN conv
       ),
       rpn=dict(
           feat_channels=256,
@@ -97,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
           bbox_target_stds=(0.1, 0.1, 0.2, 0.2),
           num_mask_convs=4,
           mask_channels=256,
+          norm='none',         # 'none' | 'GN' on the mask head's convs
           # RoIs are processed in chunks of this many; each chunk picks the
           # smallest exact gather window that covers its RoIs (results do
           # not depend on it). Small chunks fit the windows tightly (best on
@@ -145,6 +151,10 @@ def base_config() -> ml_collections.ConfigDict:
       max_instances=100,         # GT instances per image (padded)
       max_ignored=32,            # crowd boxes per image (padded)
       mask_crop=112,             # compact GT mask grid (see data.transforms)
+      # 28x28 mask targets: 'auto' = 'exact' (MMDetection's roi_align of the
+      # full bitmap, bit-packed canvas bitmaps) for bitmap recipes and
+      # 'compact' (from the mask_crop grids) for polygon recipes.
+      mask_target='auto',
       max_polygon_vertices=256,  # polygon recipes: padded vertex count
       # RPN targets.
       rpn_pos_iou=0.7,

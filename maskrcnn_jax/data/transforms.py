@@ -20,9 +20,14 @@ canvas here). Normalisation happens on the device, not here.
 * Random draws, in this order from the example's own `np.random.Generator`:
   the scale (none for 'fixed'), then `rng.random() < flip_prob`.
 
-Masks: never full-image bitmaps in the output. Each GT instance is stored as a
-COMPACT mask: its mask restricted to its own final GT box (resized, flipped,
-clipped) and resampled to a fixed `mask_crop` x `mask_crop` grid (uint8,
+Masks: for bitmap recipes with exact targets (`train.mask_target` 'auto' or
+'exact', the default), `gt_bitmaps` holds the full MMDetection BitmapMasks
+(decoded, nearest-resized, flipped) on the canvas, bit-packed along W
+((max_instances, Hc, Wc / 8) uint8, `pack_bitmaps`), from which training
+computes MMDetection's exact 28x28 targets. Every recipe also stores each GT
+instance as a COMPACT mask (the only form with `mask_target='compact'` and
+for polygon recipes): its mask restricted to its own final GT box (resized,
+flipped, clipped) and resampled to a fixed `mask_crop` x `mask_crop` grid (uint8,
 0..255 = covered fraction). Design:
 
 * Bitmap configs (`mask_format='bitmap'`, MMDetection `poly2mask=True`):
@@ -98,6 +103,9 @@ class TransformConfig:
   max_instances: int = 100
   max_ignored: int = 32
   mask_crop: int = 112
+  # Also emit `gt_bitmaps`: the full bitmaps on the canvas, bit-packed, for
+  # exact MMDetection mask targets (`train.mask_target`, bitmap recipes).
+  exact_masks: bool = False
   max_polygon_vertices: int = 256
   canvases: Tuple[Tuple[int, int], ...] = ((800, 1344), (1344, 800))
   size_divisor: int = 32
@@ -120,6 +128,9 @@ class TransformConfig:
     if self.scale_mode == 'range' and len(self.scales) != 2:
       raise ValueError("scale_mode 'range' needs exactly two scales "
                        f'(lower, upper), got {self.scales}')
+    if self.exact_masks and self.mask_format != 'bitmap':
+      raise ValueError('exact mask targets need mask_format bitmap, got '
+                       f'{self.mask_format!r}')
     if not 0.0 <= self.flip_prob <= 1.0:
       raise ValueError(f'flip_prob {self.flip_prob} not in [0, 1]')
     for name in ('max_instances', 'max_ignored', 'mask_crop',
@@ -135,8 +146,11 @@ class TransformConfig:
     train=False gives the test recipe (single scale `input.test_scale`, no
     flip, no masks unless asked).
     """
+    # Imported here: the data module itself does not need jax.
+    from maskrcnn_jax.ops import mask_targets  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     t, inp = config.train, config.input
     common = dict(
+        exact_masks=mask_targets.training_mask_mode(config) == 'exact',
         max_instances=int(t.max_instances),
         max_ignored=int(t.get('max_ignored', cls.max_ignored)),
         mask_crop=int(t.get('mask_crop', cls.mask_crop)),
@@ -417,6 +431,15 @@ def _resized_bitmaps(masks: Sequence[coco.Segmentation], h: int, w: int,
   return out
 
 
+def pack_bitmaps(bitmaps: np.ndarray) -> np.ndarray:
+  """(..., H, W) {0, 1} -> (..., H, W / 8) uint8, little bit order (the
+  layout `ops.mask_targets.bitmap_mask_targets(packed=True)` reads)."""
+  if bitmaps.shape[-1] % 8:
+    raise ValueError(f'bitmap width {bitmaps.shape[-1]} is not a multiple '
+                     'of 8 (canvas sizes must be multiples of 32)')
+  return np.packbits(bitmaps.astype(bool), axis=-1, bitorder='little')
+
+
 def transform_polygons(polygons: Sequence[np.ndarray], scale_factor,
                        flip_width: Optional[int]) -> List[np.ndarray]:
   """MMDetection PolygonMasks rescale (float64) then horizontal flip."""
@@ -463,6 +486,8 @@ def example_spec(cfg: TransformConfig) -> Dict[str, Tuple[Tuple[int, ...], Any]]
   }
   if cfg.with_masks:
     spec['gt_masks'] = ((n, s, s), np.uint8)
+    if cfg.exact_masks:
+      spec['gt_bitmaps'] = ((n, None, None), np.uint8)  # (n, Hc, Wc / 8)
     if cfg.mask_format == 'polygon':
       v = cfg.max_polygon_vertices
       spec['gt_polygons'] = ((n, v, 2), np.float32)
@@ -556,10 +581,16 @@ def train_transform(record: coco.CocoRecord, image: np.ndarray,
   masks = np.zeros((out_n, s, s), np.uint8)
   segs = [record.masks[k] for k in keep]
   if cfg.mask_format == 'bitmap':
+    if cfg.exact_masks:
+      full = np.zeros((out_n, ch, cw), np.uint8)
     if n:
       bitmaps = _resized_bitmaps(segs, h, w, new_h, new_w, flip)
       for i in range(n):
         masks[i] = crop_bitmap(bitmaps[:, :, i], fb[i], s)
+      if cfg.exact_masks:
+        full[:n, :new_h, :new_w] = np.moveaxis(bitmaps, -1, 0)
+    if cfg.exact_masks:
+      ex['gt_bitmaps'] = pack_bitmaps(full)
   else:
     v = cfg.max_polygon_vertices
     polys_arr = np.zeros((out_n, v, 2), np.float32)

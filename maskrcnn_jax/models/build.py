@@ -60,7 +60,7 @@ def build_model(config: ml_collections.ConfigDict,
       num_classes=m.num_classes, backbone_cfg=m.backbone, neck_cfg=m.neck,
       rpn_cfg=m.rpn, roi_cfg=m.roi, input_cfg=input_config(config),
       test_cfg=test_config(config), dtype=compute_dtype(dtype or m.dtype),
-      precision=_PRECISIONS[m.precision])
+      precision=_PRECISIONS[m.precision], norm_groups=m.norm_groups)
 
 
 def _dummy_inputs(batch: int = 1, size: int = 64):
@@ -72,11 +72,15 @@ def _dummy_inputs(batch: int = 1, size: int = 64):
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
   """Randomly initialised variables {'params', 'batch_stats'}."""
   model = build_model(config)
-  return model.init(rng, *_dummy_inputs())
+  variables = dict(model.init(rng, *_dummy_inputs()))
+  variables.setdefault('batch_stats', {})  # none when every norm is GN
+  return variables
 
 
 def abstract_variables(config: ml_collections.ConfigDict):
   """Shapes/dtypes (jax.ShapeDtypeStruct) of the model's variables."""
   model = build_model(config)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                           *_dummy_inputs()))
+  variables = dict(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                     *_dummy_inputs())))
+  variables.setdefault('batch_stats', {})  # none when every norm is GN
+  return variables

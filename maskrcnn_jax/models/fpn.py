@@ -15,6 +15,8 @@ class ConvList(nn.Module):
   in_strides: Sequence[int]
   dtype: Any = jnp.float32
   precision: Any = None
+  norm: str = 'none'
+  num_groups: int = 32
 
   @nn.compact
   def __call__(self, xs, pad_hw):
@@ -22,22 +24,32 @@ class ConvList(nn.Module):
     for i, (x, stride) in enumerate(zip(xs, self.in_strides)):
       if self.kernel > 1:
         x = layers.mask_padding(x, pad_hw, stride)
-      outs.append(layers.ConvModule(self.features, self.kernel, self.dtype,
-                                    self.precision, name=str(i))(x))
+      outs.append(layers.ConvModule(
+          self.features, self.kernel, self.dtype, self.precision,
+          norm=self.norm, num_groups=self.num_groups, name=str(i))(
+              x, pad_hw, stride))
     return outs
 
 
 class FPN(nn.Module):
-  """C2..C5 -> P2..P6 (strides 4..64), `out_channels` each, NHWC."""
+  """C2..C5 -> P2..P6 (strides 4..64), `out_channels` each, NHWC.
+
+  norm 'GN': every lateral and output ConvModule is conv + GroupNorm
+  (MMDetection FPN(norm_cfg=dict(type='GN', num_groups=...))).
+  """
   out_channels: int = 256
   num_outs: int = 5
   in_strides: Sequence[int] = (4, 8, 16, 32)
   dtype: Any = jnp.float32
   precision: Any = None
+  norm: str = 'none'
+  num_groups: int = 32
 
   @nn.compact
   def __call__(self, feats, pad_hw=None):
-    kw = dict(dtype=self.dtype, precision=self.precision)
+    layers.check_norm(self.norm, 'model.neck.norm', ('GN', 'none'))
+    kw = dict(dtype=self.dtype, precision=self.precision, norm=self.norm,
+              num_groups=self.num_groups)
     laterals = ConvList(self.out_channels, 1, self.in_strides,
                         name='lateral_convs', **kw)(feats, pad_hw)
     for i in range(len(laterals) - 1, 0, -1):

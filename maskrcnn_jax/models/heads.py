@@ -89,6 +89,8 @@ class MaskConvs(nn.Module):
   num: int
   dtype: Any
   precision: Any
+  norm: str = 'none'
+  num_groups: int = 32
 
   @nn.compact
   def __call__(self, x):
@@ -96,6 +98,8 @@ class MaskConvs(nn.Module):
     for i in range(self.num):
       x = nn.relu(layers.ConvModule(self.features, 3, self.dtype,
                                     self.precision, kernel_init=init,
+                                    norm=self.norm,
+                                    num_groups=self.num_groups,
                                     name=str(i))(x))
     return x
 
@@ -126,19 +130,26 @@ class ConvTranspose2x2(nn.Module):
 
 
 class FCNMaskHead(nn.Module):
-  """4 x (3x3 conv + ReLU) -> 2x deconv + ReLU -> 1x1 conv to K classes."""
+  """4 x (3x3 conv + ReLU) -> 2x deconv + ReLU -> 1x1 conv to K classes.
+
+  norm 'GN': each of the convs is conv + GroupNorm (per RoI), as
+  FCNMaskHead(norm_cfg=dict(type='GN', ...)).
+  """
   num_classes: int = 80
   num_convs: int = 4
   channels: int = 256
   dtype: Any = jnp.float32
   precision: Any = None
+  norm: str = 'none'
+  num_groups: int = 32
 
   @nn.compact
   def __call__(self, roi_feats):
     """roi_feats: (N, 14, 14, C) -> (N, 28, 28, K) float32 logits."""
+    layers.check_norm(self.norm, 'model.roi.norm', ('GN', 'none'))
     x = roi_feats.astype(self.dtype)
     x = MaskConvs(self.channels, self.num_convs, self.dtype, self.precision,
-                  name='convs')(x)
+                  self.norm, self.num_groups, name='convs')(x)
     x = nn.relu(ConvTranspose2x2(self.channels, self.dtype, self.precision,
                                  name='upsample')(x))
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -157,6 +168,8 @@ class RoIHead(nn.Module):
   mask_channels: int = 256
   dtype: Any = jnp.float32
   precision: Any = None
+  mask_norm: str = 'none'
+  num_groups: int = 32
 
   def setup(self):
     self.bbox_head = Shared2FCBBoxHead(self.num_classes, self.fc_channels,
@@ -164,7 +177,8 @@ class RoIHead(nn.Module):
                                        self.precision)
     self.mask_head = FCNMaskHead(self.num_classes, self.num_mask_convs,
                                  self.mask_channels, self.dtype,
-                                 self.precision)
+                                 self.precision, self.mask_norm,
+                                 self.num_groups)
 
   def __call__(self, box_feats, mask_feats):
     return self.bbox_head(box_feats), self.mask_head(mask_feats)

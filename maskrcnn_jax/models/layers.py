@@ -1,4 +1,5 @@
-"""Shared layers: frozen BatchNorm, MMDetection-named convs, padding masks.
+"""Shared layers: frozen BatchNorm, GroupNorm, MMDetection-named convs and
+padding masks.
 
 Every image sits on a fixed padded canvas but MMDetection pads it only to
 `pad_shape` (a multiple of 32). To reproduce MMDetection exactly, feature
@@ -51,7 +52,9 @@ class FrozenBatchNorm(nn.Module):
   zero_init: bool = False  # scale starts at 0 (zero_init_residual)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, pad_hw=None, stride: int = 1):
+    """x: (B, H, W, C); pad_hw/stride unused (a per-channel affine)."""
+    del pad_hw, stride
     c = x.shape[-1]
     init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
     scale = self.param('scale', init, (c,), jnp.float32)
@@ -61,6 +64,78 @@ class FrozenBatchNorm(nn.Module):
     alpha = scale * jax.lax.rsqrt(var.value + self.eps)
     beta = bias - mean.value * alpha
     return x * alpha.astype(self.dtype) + beta.astype(self.dtype)
+
+
+class GroupNorm(nn.Module):
+  """PyTorch `nn.GroupNorm(num_groups, C, eps)` (MMDetection norm_cfg GN).
+
+  Statistics are per image and group over (H, W, C / G), computed in
+  float32. With `pad_hw`, only cells inside ceil(pad_hw / stride) count, so
+  an image on a larger fixed canvas is normalised as MMDetection normalises
+  it padded to `pad_shape`; cells outside are left to the next op's
+  `mask_padding`. `scale`/`bias` are trainable params (requires_grad=True);
+  there are no batch_stats.
+  """
+  num_groups: int = 32
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  zero_init: bool = False  # scale starts at 0 (zero_init_residual)
+
+  @nn.compact
+  def __call__(self, x, pad_hw=None, stride: int = 1):
+    """x: (B, H, W, C) or (N, C) -> same shape; pad_hw (B, 2) or None."""
+    c = x.shape[-1]
+    g = self.num_groups
+    if c % g:
+      raise ValueError(f'GroupNorm: {c} channels do not split into '
+                       f'{g} groups (model.norm_groups)')
+    init = nn.initializers.zeros if self.zero_init else nn.initializers.ones
+    scale = self.param('scale', init, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    xg = xf.reshape(x.shape[:-1] + (g, c // g))
+    axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+    if pad_hw is None or x.ndim != 4:
+      mean = jnp.mean(xg, axis=axes, keepdims=True)
+      var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+    else:
+      m = valid_mask(pad_hw, x.shape[1:3], stride)[..., None].astype(
+          jnp.float32)  # (B, H, W, 1, 1)
+      count = jnp.sum(m, axis=(1, 2), keepdims=True) * (c // g)
+      mean = jnp.sum(xg * m, axis=axes, keepdims=True) / count
+      var = jnp.sum(jnp.square(xg - mean) * m, axis=axes,
+                    keepdims=True) / count
+    y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+    return (y * scale + bias).astype(self.dtype)
+
+
+NORMS = ('BN', 'GN', 'none')
+
+
+def check_norm(kind: str, key: str, allowed=NORMS) -> str:
+  if kind not in allowed:
+    raise ValueError(f'{key} must be one of {list(allowed)}, got {kind!r}')
+  return kind
+
+
+def norm_layer(kind: str, *, name: str, num_groups: int = 32,
+               eps: float = 1e-5, dtype: Dtype = jnp.float32,
+               zero_init: bool = False) -> nn.Module:
+  """'BN' (frozen BatchNorm, norm_eval=True) or 'GN' (trainable GroupNorm).
+
+  Both are called as layer(x, pad_hw=None, stride=1).
+  """
+  if kind == 'BN':
+    return FrozenBatchNorm(eps, dtype, zero_init=zero_init, name=name)
+  if kind == 'GN':
+    return GroupNorm(num_groups, eps, dtype, zero_init=zero_init, name=name)
+  raise ValueError(f"norm must be 'BN' or 'GN', got {kind!r}")
+
+
+def norm_name(kind: str, bn_name: str) -> str:
+  """MMDetection's module name: build_norm_layer names GN layers 'gn*'."""
+  return 'gn' + bn_name[2:] if kind == 'GN' and bn_name.startswith(
+      'bn') else bn_name
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1,
@@ -77,18 +152,30 @@ def conv(features: int, kernel: int, stride: int = 1, *, groups: int = 1,
 
 
 class ConvModule(nn.Module):
-  """MMCV `ConvModule` without norm/activation: params under `conv/`."""
+  """MMCV `ConvModule` without activation: params under `conv/`.
+
+  norm 'none': conv with bias. norm 'GN': conv without bias (bias='auto')
+  then GroupNorm under `gn/`, as ConvModule(norm_cfg=dict(type='GN')).
+  """
   features: int
   kernel: int
   dtype: Dtype = jnp.float32
   precision: Any = None
   kernel_init: Any = nn.initializers.xavier_uniform()
+  norm: str = 'none'
+  num_groups: int = 32
 
   @nn.compact
-  def __call__(self, x):
-    return conv(self.features, self.kernel, use_bias=True, dtype=self.dtype,
-                precision=self.precision, kernel_init=self.kernel_init,
-                name='conv')(x)
+  def __call__(self, x, pad_hw=None, stride: int = 1):
+    """x: (B, H, W, C); pad_hw/stride: the map's valid extent (GN only)."""
+    with_norm = check_norm(self.norm, 'ConvModule norm', ('GN', 'none'))
+    x = conv(self.features, self.kernel, use_bias=with_norm == 'none',
+             dtype=self.dtype, precision=self.precision,
+             kernel_init=self.kernel_init, name='conv')(x)
+    if with_norm == 'GN':
+      x = GroupNorm(self.num_groups, dtype=self.dtype, name='gn')(
+          x, pad_hw, stride)
+    return x
 
 
 def max_pool_3x3_s2(x):

@@ -198,21 +198,28 @@ class MaskRCNN(nn.Module):
   test_cfg: TestConfig = TestConfig()
   dtype: Any = jnp.float32
   precision: Any = None
+  # GroupNorm groups wherever a sub-config's norm is 'GN' (MMDetection
+  # norm_cfg num_groups; the norms themselves are in the sub-configs).
+  norm_groups: int = 32
 
   def setup(self):
     kw = dict(dtype=self.dtype, precision=self.precision)
     b = self.backbone_cfg
+    g = self.norm_groups
     self.backbone = resnet.ResNet(b.depth, b.groups, b.base_width, b.style,
-                                  b.norm_eps, b.base_channels, **kw)
+                                  b.norm_eps, b.base_channels, norm=b.norm,
+                                  num_groups=g, **kw)
     self.neck = fpn_lib.FPN(self.neck_cfg.out_channels,
-                            self.neck_cfg.num_outs, self.roi_strides, **kw)
+                            self.neck_cfg.num_outs, self.roi_strides,
+                            norm=self.neck_cfg.norm, num_groups=g, **kw)
     self.rpn_head = heads.RPNHead(
         len(self.anchor_scales) * len(self.anchor_ratios),
         self.rpn_cfg.feat_channels, self.anchor_strides, **kw)
     r = self.roi_cfg
     self.roi_head = heads.RoIHead(self.num_classes, r.fc_channels,
                                   r.num_shared_fcs, r.num_mask_convs,
-                                  r.mask_channels, **kw)
+                                  r.mask_channels, mask_norm=r.norm,
+                                  num_groups=g, **kw)
 
   # ---- settings the layers and losses read (from the sub-configs) -------
 

@@ -26,6 +26,7 @@ class BackboneConfig:
   norm_requires_grad: bool = True  # BN gamma/beta trainable (layers 2-4)
   norm_eps: float = 1e-5
   base_channels: int = 64         # stem / layer1 width
+  norm: str = 'BN'                # 'BN' (frozen, norm_eval) | 'GN' (trainable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class NeckConfig:
   in_channels: Tuple[int, ...] = (256, 512, 1024, 2048)
   out_channels: int = 256
   num_outs: int = 5
+  norm: str = 'none'              # 'none' | 'GN' on every FPN conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class RoIConfig:
   bbox_target_stds: Tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
   num_mask_convs: int = 4
   mask_channels: int = 256
+  norm: str = 'none'              # 'none' | 'GN' on the mask head's convs
   roi_align_chunk: int = 16       # RoIs per RoIAlign chunk (see config.py)
 
 
@@ -67,6 +70,7 @@ class ModelConfig:
   num_classes: int = 80
   dtype: str = 'float32'          # compute dtype
   precision: str = 'highest'      # matmul/conv precision
+  norm_groups: int = 32           # GroupNorm groups wherever a norm is 'GN'
   backbone: BackboneConfig = BackboneConfig()
   neck: NeckConfig = NeckConfig()
   rpn: RPNConfig = RPNConfig()

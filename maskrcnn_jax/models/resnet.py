@@ -21,12 +21,16 @@ class Downsample(nn.Module):
   norm_eps: float
   dtype: Any
   precision: Any
+  norm: str = 'BN'
+  num_groups: int = 32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, pad_hw=None, out_stride: int = 1):
     x = layers.conv(self.features, 1, self.stride, dtype=self.dtype,
                     precision=self.precision, name='0')(x)
-    return layers.FrozenBatchNorm(self.norm_eps, self.dtype, name='1')(x)
+    return layers.norm_layer(self.norm, num_groups=self.num_groups,
+                             eps=self.norm_eps, dtype=self.dtype,
+                             name='1')(x, pad_hw, out_stride)
 
 
 class Bottleneck(nn.Module):
@@ -38,6 +42,8 @@ class Bottleneck(nn.Module):
     groups, base_width: ResNeXt cardinality and group width.
     style: 'pytorch' (stride on the 3x3) or 'caffe' (on the first 1x1).
     in_stride: stride of the block input w.r.t. the image (for masking).
+    norm: 'BN' (frozen, layers `bn{k}`) or 'GN' (GroupNorm of num_groups,
+      layers `gn{k}` as MMDetection names them).
   """
   planes: int
   stride: int
@@ -49,6 +55,8 @@ class Bottleneck(nn.Module):
   norm_eps: float = 1e-5
   dtype: Any = jnp.float32
   precision: Any = None
+  norm: str = 'BN'
+  num_groups: int = 32
 
   @nn.compact
   def __call__(self, x, pad_hw):
@@ -58,21 +66,25 @@ class Bottleneck(nn.Module):
       width = (self.planes * self.base_width // 64) * self.groups
     s1, s2 = (1, self.stride) if self.style == 'pytorch' else (self.stride, 1)
     kw = dict(dtype=self.dtype, precision=self.precision)
-    bn = lambda name, zero=False: layers.FrozenBatchNorm(
-        self.norm_eps, self.dtype, zero_init=zero, name=name)
+    bn = lambda name, zero=False: layers.norm_layer(
+        self.norm, num_groups=self.num_groups, eps=self.norm_eps,
+        dtype=self.dtype, zero_init=zero,
+        name=layers.norm_name(self.norm, name))
+    out_stride = self.in_stride * self.stride
     out = layers.conv(width, 1, s1, name='conv1', **kw)(x)
-    out = nn.relu(bn('bn1')(out))
+    out = nn.relu(bn('bn1')(out, pad_hw, self.in_stride * s1))
     out = layers.mask_padding(out, pad_hw, self.in_stride * s1)
     out = layers.conv(width, 3, s2, groups=self.groups, name='conv2',
                       **kw)(out)
-    out = nn.relu(bn('bn2')(out))
+    out = nn.relu(bn('bn2')(out, pad_hw, out_stride))
     out = layers.conv(4 * self.planes, 1, name='conv3', **kw)(out)
     # MMDetection's ResNet(zero_init_residual=True): each residual branch
     # starts as zero, so a randomly initialised network is well behaved.
-    out = bn('bn3', True)(out)
+    out = bn('bn3', True)(out, pad_hw, out_stride)
     if self.downsample:
       x = Downsample(4 * self.planes, self.stride, self.norm_eps, self.dtype,
-                     self.precision, name='downsample')(x)
+                     self.precision, self.norm, self.num_groups,
+                     name='downsample')(x, pad_hw, out_stride)
     return nn.relu(out + x)
 
 
@@ -105,6 +117,8 @@ class ResNet(nn.Module):
       smaller values give the light quick-start model).
     groups, base_width: ResNeXt settings (groups=1 -> ResNet).
     style: 'pytorch' or 'caffe'.
+    norm: 'BN' (frozen BatchNorm, every zoo row) or 'GN' (trainable
+      GroupNorm of `num_groups`, MMDetection's gn-all / scratch recipes).
   """
   depth: int = 50
   groups: int = 1
@@ -114,6 +128,8 @@ class ResNet(nn.Module):
   base_channels: int = 64
   dtype: Any = jnp.float32
   precision: Any = None
+  norm: str = 'BN'
+  num_groups: int = 32
 
   @nn.compact
   def __call__(self, x, pad_hw=None):
@@ -127,14 +143,19 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = layers.conv(self.base_channels, 7, 2, dtype=self.dtype,
                     precision=self.precision, name='conv1')(x)
-    x = layers.FrozenBatchNorm(self.norm_eps, self.dtype, name='bn1')(x)
+    layers.check_norm(self.norm, 'model.backbone.norm', ('BN', 'GN'))
+    x = layers.norm_layer(self.norm, num_groups=self.num_groups,
+                          eps=self.norm_eps, dtype=self.dtype,
+                          name=layers.norm_name(self.norm, 'bn1'))(
+                              x, pad_hw, 2)
     x = nn.relu(x)
     # Post-ReLU values are >= 0, so zeroed padding equals -inf padding.
     x = layers.mask_padding(x, pad_hw, 2)
     x = layers.max_pool_3x3_s2(x)
     block_kwargs = dict(groups=self.groups, base_width=self.base_width,
                         style=self.style, norm_eps=self.norm_eps,
-                        dtype=self.dtype, precision=self.precision)
+                        dtype=self.dtype, precision=self.precision,
+                        norm=self.norm, num_groups=self.num_groups)
     outs = []
     in_stride = 4
     for s, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):

@@ -1,11 +1,13 @@
 """Per-image losses and per-module gradient norms (tools/loss_report.py).
 
 Each image of a COCO-format set runs as a batch of one through the training
-losses, with the test scale, no flip, full-size bitmap mask targets (exactly
-MMDetection's `mask_target`) and, with `deterministic=True`, samplers that
-take every positive and negative candidate (MMDetection with a sampler
-larger than the candidates), so the numbers are comparable one to one with
-MMDetection's.
+losses, with the test scale, no flip, the mask targets training uses
+(`train.mask_target`: by default for bitmap recipes the exact ones from the
+transform's bit-packed canvas bitmaps, MMDetection's `mask_target`; with
+'compact', the 112 x 112 crops) and, with `deterministic=True`, samplers
+that take every positive and negative candidate (MMDetection with a sampler
+larger than the candidates), so with exact targets the numbers are
+comparable one to one with MMDetection's.
 """
 
 import collections
@@ -41,25 +43,20 @@ def grad_sq_norm_by_module(grads, config) -> Dict[str, float]:
 
 
 def example_batch(record, config) -> Dict[str, np.ndarray]:
-  """Batch of one at the test scale, no flip, with full-size bitmaps."""
+  """Batch of one at the test scale, no flip, with the training targets.
+
+  Holds gt_masks (compact crops) and, with exact targets, gt_bitmaps
+  (bit-packed canvas bitmaps), as the training transform emits them.
+  """
   cfg = transforms.TransformConfig.from_config(config, train=False,
                                                with_masks=True)
   image = coco.load_image(record)
   ex = transforms.train_transform(record, image, np.random.default_rng(0),
                                   cfg)
-  ch, cw = ex['image'].shape[:2]
-  h, w = (int(v) for v in ex['image_hw'])
-  n = len(record.masks)
-  bitmaps = np.zeros((cfg.max_instances, ch, cw), np.uint8)
-  if n:
-    resized = transforms._resized_bitmaps(  # pylint: disable=protected-access
-        record.masks, record.height, record.width, h, w, False)
-    kept = min(n, cfg.max_instances)
-    bitmaps[:kept, :h, :w] = np.moveaxis(resized, -1, 0)[:kept]
-  batch = {k: ex[k][None] for k in ('image_hw', 'pad_hw', 'gt_boxes',
-                                    'gt_labels', 'gt_valid')}
+  keys = ('image_hw', 'pad_hw', 'gt_boxes', 'gt_labels', 'gt_valid',
+          'gt_masks', 'gt_bitmaps')
+  batch = {k: ex[k][None] for k in keys if k in ex}
   batch['images'] = ex['image'][None]
-  batch['gt_bitmaps'] = bitmaps[None]
   return batch
 
 
@@ -77,8 +74,8 @@ def loss_report(config, checkpoint: str, ann_file: str, image_dir: str,
   if dataset.num_classes != config.model.num_classes:
     raise ValueError(f'{ann_file} has {dataset.num_classes} classes, the '
                      f'model {config.model.num_classes}')
-  cfg = losses_lib.loss_config_from(config, deterministic=deterministic,
-                                    mask_mode='bitmap')
+  # The training path's mask targets (train.mask_target).
+  cfg = losses_lib.loss_config_from(config, deterministic=deterministic)
 
   def loss_fn(params, batch, rng):
     return model.apply({'params': params,

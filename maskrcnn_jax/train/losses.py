@@ -20,7 +20,7 @@ Loss definitions (names and normalisations as MMDetection):
 """
 
 import dataclasses
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +57,10 @@ class LossConfig:
   # Static number of positive RoIs that get a mask loss (>= the sampler's
   # positives; with sampling disabled a cap, see `mask_rois_overflow`).
   max_mask_rois: int = 128
-  # 'compact' (gt_masks (B, M, S, S) over gt_boxes) or 'bitmap'
-  # (gt_bitmaps (B, M, H, W) at the canvas size, exact MMDetection).
+  # 'exact' (gt_bitmaps (B, M, Hc, Wc / 8) bit-packed canvas bitmaps, exact
+  # MMDetection; the training default, see ops.mask_targets), 'compact'
+  # (gt_masks (B, M, S, S) over gt_boxes) or 'bitmap' (gt_bitmaps
+  # (B, M, Hc, Wc) unpacked, exact).
   mask_mode: str = 'compact'
   # Images normalised together, as the images of one GPU in MMDetection
   # (samples_per_gpu); losses are averaged over groups. 0: the whole batch.
@@ -66,10 +68,16 @@ class LossConfig:
 
 
 def loss_config_from(config, deterministic: bool = False,
-                     mask_mode: str = 'compact',
+                     mask_mode: Optional[str] = None,
                      images_per_group: int = 0) -> LossConfig:
-  """LossConfig of `config.train`; deterministic takes every candidate."""
+  """LossConfig of `config.train`; deterministic takes every candidate.
+
+  mask_mode None: the targets `train.mask_target` selects
+  (`mask_targets.training_mask_mode`).
+  """
   t = config.train
+  if mask_mode is None:
+    mask_mode = mask_targets.training_mask_mode(config)
   rpn_num = 0 if deterministic else t.rpn_num_samples
   rcnn_num = 0 if deterministic else t.rcnn_num_samples
   max_mask = int(t.rcnn_num_samples * t.rcnn_pos_fraction)
@@ -239,9 +247,11 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
         gm, gb, r, g, hw, cfg.mask_size))(
             batch['gt_masks'], batch['gt_boxes'], mask_rois, mask_gt,
             batch['pad_hw'])
-  elif cfg.mask_mode == 'bitmap':
+  elif cfg.mask_mode in ('bitmap', 'exact'):
+    packed = cfg.mask_mode == 'exact'
     tgt = jax.vmap(lambda gm, r, g: mask_targets.bitmap_mask_targets(
-        gm, r, g, cfg.mask_size))(batch['gt_bitmaps'], mask_rois, mask_gt)
+        gm, r, g, cfg.mask_size, packed=packed))(
+            batch['gt_bitmaps'], mask_rois, mask_gt)
   else:
     raise ValueError(f'unknown mask_mode {cfg.mask_mode!r}')
   tgt = jax.lax.stop_gradient(tgt)
@@ -270,7 +280,8 @@ def detector_losses(module, batch: Dict[str, jax.Array], rng,
     batch: images (B, Hc, Wc, 3) uint8, image_hw (B, 2), pad_hw (B, 2),
       gt_boxes (B, M, 4) XYXY on the resized image, gt_labels (B, M),
       gt_valid (B, M), and gt_masks (B, M, S, S) uint8 (compact) or
-      gt_bitmaps (B, M, Hc, Wc) (bitmap mode).
+      gt_bitmaps (B, M, Hc, Wc) (bitmap mode) or (B, M, Hc, Wc / 8)
+      bit-packed (exact mode).
     rng: PRNG key of the samplers, or (B,) per-image keys (then the
       samples of an image do not depend on how the batch is split over
       devices).

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-_BN_MODULE = re.compile(r'^bn\d+$')
+_BN_MODULE = re.compile(r'^[bg]n\d+$')  # bn1.. or GroupNorm gn1..
 
 
 def is_frozen(path: Sequence[str], config: ml_collections.ConfigDict) -> bool:
@@ -23,7 +23,7 @@ def is_frozen(path: Sequence[str], config: ml_collections.ConfigDict) -> bool:
     return False
   b = config.model.backbone
   top = path[1]
-  if b.frozen_stages >= 0 and top in ('conv1', 'bn1'):
+  if b.frozen_stages >= 0 and top in ('conv1', 'bn1', 'gn1'):
     return True
   m = re.match(r'^layer(\d+)$', top)
   if m and int(m.group(1)) <= b.frozen_stages:

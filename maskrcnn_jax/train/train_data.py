@@ -53,6 +53,8 @@ class TrainData:
   def __next__(self) -> Dict[str, np.ndarray]:
     batch = next(self._it)
     out = {k: batch[k] for k in TRAIN_KEYS}
+    if 'gt_bitmaps' in batch:  # exact mask targets (train.mask_target)
+      out['gt_bitmaps'] = batch['gt_bitmaps']
     out['images'] = batch['image']
     return out
 
