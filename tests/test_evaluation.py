@@ -426,7 +426,7 @@ def test_eval_py_end_to_end(tmp_path):
          '--out-dir', out_dir, '--classwise', '--proposals', '--show-dir',
          show_dir, '--batch-size', '2', '--workers', '1', '--no-progress']
   for o in SMALL_OVERRIDES:
-    cmd += ['--config-override', o]
+    cmd.append(f'--config.{o}')
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -116,7 +116,7 @@ def test_demo_end_to_end(tmp_path, fixture_checkpoint, checkpoint_kind):
          '--checkpoint', ckpt, '--input', fixtures.image_path('scene_portrait'),
          '--out-dir', str(out), '--score-thr', '0.5']
   for o in SMALL_INPUT:
-    cmd += ['--config-override', o]
+    cmd.append(f'--config.{o}')
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           timeout=900, env=dict(os.environ, PYTHONPATH=REPO))
   assert result.returncode == 0, result.stderr[-3000:]
