@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from maskrcnn_jax import target as target_lib
 from maskrcnn_jax.models import mask_rcnn
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
@@ -64,6 +65,10 @@ def build_model(config: ml_collections.ConfigDict,
       num_mask_convs=roi.num_mask_convs, mask_channels=roi.mask_channels,
       bbox_stds=tuple(roi.bbox_target_stds),
       roi_align_chunk=roi.roi_align_chunk,
+      roi_align_strategy=target_lib.resolve(
+          'roi_align_strategy', roi.get('roi_align_strategy', 'auto')),
+      nms_strategy=target_lib.resolve('nms_strategy',
+                                      m.get('nms_strategy', 'auto')),
       input_cfg=input_config(config), test_cfg=test_config(config),
       dtype=compute_dtype(dtype or m.dtype),
       precision=_PRECISIONS[precision])
