@@ -2,6 +2,7 @@
 
   python bench/train_step.py [--config configs/r50_fpn_1x.py] [--steps 5]
       [--images-per-device 2] [--dtype float32|bfloat16]
+      (MASKRCNN_JAX_TARGET=cpu|gpu|tpu picks the target's defaults)
 
 Times the jitted train step (forward, losses with MMDetection's samplers,
 backward, SGD update) on a synthetic batch with 10 GT instances per image,
@@ -69,9 +70,9 @@ def build(config_path, images_per_device, dtype, abstract=False):
   n_dev = jax.device_count()
   gb = images_per_device * n_dev
   config = config_lib.load_config(config_path, [
-      f'train.global_batch_size={gb}', f'model.dtype={dtype}',
-      'train.images_per_group=2'])
-  model = build_lib.build_model(config)
+      f'train.global_batch_size={gb}', 'train.images_per_group=2'])
+  dtype = dtype or build_lib.train_dtype(config)
+  model = build_lib.build_model(config, dtype=dtype)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_vars = build_lib.abstract_variables(config)
@@ -102,7 +103,7 @@ def build(config_path, images_per_device, dtype, abstract=False):
     state = jax.device_put(jax.jit(make_state)(variables), replicated)
     batch = state_lib.global_batch_array(host_batch, mesh)
   return dict(step=step, state=state, batch=batch, global_batch=gb,
-              n_dev=n_dev)
+              n_dev=n_dev, dtype=dtype)
 
 
 def main():
@@ -110,7 +111,9 @@ def main():
   p.add_argument('--config', default='configs/r50_fpn_1x.py')
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--images-per-device', type=int, default=2)
-  p.add_argument('--dtype', default='float32')
+  p.add_argument('--dtype', default=None,
+                 help='compute dtype (default: model.train_dtype, resolved '
+                 'for the target: bfloat16 on GPU/TPU, float32 on CPU)')
   args = p.parse_args()
   setup = build(args.config, args.images_per_device, args.dtype)
   state, batch, gb = setup['state'], setup['batch'], setup['global_batch']
@@ -128,7 +131,8 @@ def main():
   med = statistics.median(times)
   mem, kind = peak_memory_gib()
   print(f'device: {jax.devices()[0].device_kind} x {setup["n_dev"]}; '
-        f'{args.dtype}; {args.images_per_device} images/device of 800x1344')
+        f'{setup["dtype"]}; {args.images_per_device} images/device of '
+        '800x1344')
   print(f'compile {compile_s:.1f} s; first step {times[0]:.3f} s; median '
         f'step {med:.3f} s; {gb / med:.2f} images/s; peak memory {mem:.2f} '
         f'GiB ({kind}); total_loss {float(metrics["total_loss"]):.4f}')

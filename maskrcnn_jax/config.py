@@ -57,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_classes=80,
       # Compute dtype: 'float32' (reference parity), 'bfloat16' or 'float16'.
       dtype='float32',
+      # Training compute dtype: 'auto' = model.dtype, but a float32 model
+      # trains in bfloat16 on GPU/TPU targets (losses, box decoding and NMS
+      # stay float32); or a dtype ('float32' for float32 training anywhere).
+      train_dtype='auto',
       # Matmul/conv precision: 'highest' keeps float32 exact on GPUs/TPUs
       # (no TF32); 'default' lets XLA pick faster, less precise passes.
       precision='highest',

@@ -24,6 +24,9 @@ _DEFAULTS = {
     # 'tiled': tile loop that stops after the last valid box (CPU).
     # 'dense': one (N, N) suppression matrix and a fixed-point loop.
     'nms_strategy': dict(cpu='tiled', gpu='dense', tpu='dense'),
+    # Training compute dtype (losses, box decoding and NMS stay float32).
+    # None: the model's own dtype (model.dtype, float32 by default).
+    'train_dtype': dict(cpu=None, gpu='bfloat16', tpu='bfloat16'),
 }
 
 
@@ -40,7 +43,7 @@ def current() -> str:
   return backend if backend in TARGETS else 'cpu'
 
 
-def resolve(key: str, value: str, target: str = None) -> str:
+def resolve(key: str, value: str, target: str = None):
   """`value`, or the target's default for `key` when `value` is 'auto'."""
   if value != 'auto':
     return value

@@ -22,6 +22,18 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
+def train_dtype(config: ml_collections.ConfigDict) -> str:
+  """Training compute dtype: model.train_dtype; 'auto' is model.dtype, except
+  that a float32 model trains in bfloat16 on GPU/TPU targets."""
+  value = config.model.get('train_dtype', 'auto')
+  if value == 'auto':
+    value = config.model.dtype
+    if value == 'float32':
+      value = target_lib.resolve('train_dtype', 'auto') or value
+  compute_dtype(value)
+  return value
+
+
 def test_config(config: ml_collections.ConfigDict) -> mask_rcnn.TestConfig:
   t = config.test
   return mask_rcnn.TestConfig(
