@@ -33,11 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_TIERS = (8, 16, 32, 64)
-# Tiers of the 'tiered' strategy: each is one loop (one host round trip per
-# iteration on GPUs), so fewer, larger tiers.
+# Tiers of the 'tiered' strategy (every iteration of its loop runs a chunk of
+# each; one host round trip per iteration on GPUs).
 TIERED_TIERS = (16, 32)
-# Window cells gathered per loop iteration of the 'tiered' strategy.
-DEFAULT_CELLS_PER_STEP = 2 ** 18
+# Window cells gathered per loop iteration of the 'tiered' strategy, shared
+# among the tiers in these proportions (None: any larger side), roughly the
+# cells that the RoIs of each tier need (RoIs per chunk = share / side**2):
+# balanced chunk counts keep the single loop's trip count low.
+DEFAULT_CELLS_PER_STEP = 2 ** 19
+TIER_SHARES = {8: 1, 16: 1, 32: 6, None: 3}
 STRATEGIES = ('chunked', 'tiered')
 
 
@@ -209,13 +213,29 @@ def _align_chunk(flat_features, geom, side: int, out_size: int,
   return _contract(window, w_major_ab, w_minor_b, tall, precision)
 
 
+def _num_steps(tiers, counts):
+  """Loop trip count: the most chunks any tier needs."""
+  return functools.reduce(jnp.maximum, [
+      (counts[t] + chunk - 1) // chunk for t, (_, chunk, _) in
+      enumerate(tiers)])
+
+
+def _tier_rows(t, chunk, i, starts, counts, rows):
+  """Start row of tier t's i-th chunk (clamped in range) and its own rows."""
+  first = jnp.minimum(starts[t] + i * chunk, rows - chunk)
+  mine = first + jnp.arange(chunk) < starts[t] + counts[t]
+  mine &= first + jnp.arange(chunk) >= starts[t] + i * chunk
+  return first, mine
+
+
 def _tiered_forward(cfg, flat, sorted_geom, counts, starts):
-  """Per tier, a while loop over the chunks of the RoIs sorted into it.
+  """One while loop; each iteration advances every tier by one chunk.
 
   `sorted_geom` holds the RoIs sorted by tier (ascending) and padded with
-  at least one chunk of rows, so no slice is ever clamped. Tier t's last
-  chunk may write rows of later tiers; their loops run afterwards and
-  overwrite them.
+  at least one chunk of rows. Iteration i computes chunk i of every tier
+  (a tier with fewer chunks recomputes rows it does not own) and writes
+  only the rows that belong to that tier, so the trip count is the
+  largest number of chunks a tier really needs and no conditional runs.
 
   Returns:
     (R + pad, P, P, C) in `flat`'s dtype, in sorted order.
@@ -223,47 +243,45 @@ def _tiered_forward(cfg, flat, sorted_geom, counts, starts):
   tiers, out_size, precision, _, channels, _ = cfg
   rows = sorted_geom['base'].shape[0]
   out = jnp.zeros((rows, out_size, out_size, channels), flat.dtype)
-  for t, (side, chunk, max_grid) in enumerate(tiers):
+  steps = _num_steps(tiers, counts)
 
-    def cond(state, t=t, chunk=chunk):
-      return state[0] * chunk < counts[t]
-
-    def body(state, t=t, side=side, chunk=chunk, max_grid=max_grid):
-      i, out = state
-      first = starts[t] + i * chunk
+  def body(state):
+    i, out = state
+    for t, (side, chunk, max_grid) in enumerate(tiers):
+      first, mine = _tier_rows(t, chunk, i, starts, counts, rows)
       g = jax.tree_util.tree_map(
           lambda x: jax.lax.dynamic_slice_in_dim(x, first, chunk),
           sorted_geom)
       res = _align_chunk(flat, g, side, out_size, max_grid, precision)
-      out = jax.lax.dynamic_update_slice_in_dim(out, res.astype(out.dtype),
-                                                first, axis=0)
-      return i + 1, out
+      old = jax.lax.dynamic_slice_in_dim(out, first, chunk)
+      res = jnp.where(mine[:, None, None, None], res.astype(out.dtype), old)
+      out = jax.lax.dynamic_update_slice_in_dim(out, res, first, axis=0)
+    return i + 1, out
 
-    _, out = jax.lax.while_loop(cond, body, (jnp.int32(0), out))
+  _, out = jax.lax.while_loop(lambda s: s[0] < steps, body,
+                              (jnp.int32(0), out))
   return out
 
 
 def _tiered_backward(cfg, sorted_geom, counts, starts, grad_out):
   """Transpose of `_tiered_forward`: one (B * T, C) gradient buffer.
 
-  Every chunk's window gradient is scatter-added straight into the single
-  buffer carried by the loops; rows past the tier are masked out.
+  Same loop; every chunk's window gradient (rows it does not own masked
+  to zero) is scatter-added straight into the single buffer it carries.
   """
   tiers, out_size, precision, flat_rows, channels, dtype = cfg
+  rows = sorted_geom['base'].shape[0]
   grad = jnp.zeros((flat_rows, channels), dtype)
-  for t, (side, chunk, max_grid) in enumerate(tiers):
+  steps = _num_steps(tiers, counts)
 
-    def cond(state, t=t, chunk=chunk):
-      return state[0] * chunk < counts[t]
-
-    def body(state, t=t, side=side, chunk=chunk, max_grid=max_grid):
-      i, grad = state
-      first = starts[t] + i * chunk
+  def body(state):
+    i, grad = state
+    for t, (side, chunk, max_grid) in enumerate(tiers):
+      first, mine = _tier_rows(t, chunk, i, starts, counts, rows)
       g = jax.tree_util.tree_map(
           lambda x: jax.lax.dynamic_slice_in_dim(x, first, chunk),
           sorted_geom)
       cot = jax.lax.dynamic_slice_in_dim(grad_out, first, chunk)
-      mine = first + jnp.arange(chunk) < starts[t] + counts[t]
       cot = jnp.where(mine[:, None, None, None], cot, 0).astype(dtype)
       index, tall, minor_len = _chunk_index(g, side)
       w_major_ab, w_minor_b = _chunk_weights(g, tall, minor_len, side,
@@ -275,9 +293,10 @@ def _tiered_backward(cfg, sorted_geom, counts, starts, grad_out):
       (g_window,) = vjp(cot)
       grad = grad.at[index.reshape(-1)].add(
           g_window.reshape(-1, channels), mode='drop')
-      return i + 1, grad
+    return i + 1, grad
 
-    _, grad = jax.lax.while_loop(cond, body, (jnp.int32(0), grad))
+  _, grad = jax.lax.while_loop(lambda s: s[0] < steps, body,
+                               (jnp.int32(0), grad))
   return grad
 
 
@@ -360,12 +379,13 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
     precision: einsum precision (HIGHEST for float32 parity on GPUs/TPUs).
     strategy: 'chunked' (CPU): a lax.map over chunks of `chunk_size` RoIs
       sorted by window size, each chunk choosing its tier with lax.switch.
-      'tiered' (accelerators): RoIs sorted by tier, then per tier one
-      while loop over chunks of about `cells_per_step / side**2` RoIs whose
-      trip count is the number of chunks that tier really needs (no
-      conditionals, no padding chunks); a custom VJP accumulates every
-      chunk's gradient into one feature-gradient buffer and saves no
-      activations. Both compute exactly the same values.
+      'tiered' (accelerators): RoIs sorted by tier, then one while loop
+      whose every iteration computes one chunk of each tier (chunk sizes
+      share `cells_per_step` by TIER_SHARES); its trip count is the most
+      chunks a tier really needs (no conditionals); a custom VJP runs the
+      same loop, accumulating every chunk's gradient into one
+      feature-gradient buffer, and saves no activations. Both strategies
+      compute exactly the same values.
     cells_per_step: 'tiered' window cells per loop iteration (memory bound:
       cells_per_step * C values gathered at a time).
 
@@ -461,8 +481,11 @@ def _tiered(flat, geom, tier_of, tier_sides, num, channels, dtype,
   """The 'tiered' strategy of `multilevel_roi_align`."""
   if num == 0:
     return jnp.zeros((0, output_size, output_size, channels), dtype)
-  plan = tuple((side, int(min(max(cells_per_step // (side * side), 1), num)),
-                max_grid_of(side)) for side in tier_sides)
+  weights = [TIER_SHARES.get(side, TIER_SHARES[None]) for side in tier_sides]
+  plan = tuple(
+      (side, int(min(max(cells_per_step * w // sum(weights) // side ** 2, 1),
+                     num)), max_grid_of(side))
+      for side, w in zip(tier_sides, weights))
   pad = max(c for _, c, _ in plan)
   order = jnp.argsort(tier_of, stable=True)
   counts = jnp.sum(tier_of[:, None] == jnp.arange(len(tier_sides))[None],
