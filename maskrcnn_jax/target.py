@@ -50,3 +50,33 @@ def resolve(key: str, value: str, target: str = None):
   if key not in _DEFAULTS:
     raise ValueError(f'no target default for {key!r}')
   return _DEFAULTS[key][target or current()]
+
+
+_EMULATED = []
+
+
+def emulate_target_lowering() -> bool:
+  """Lowers like the target when compiling for it on a CPU backend.
+
+  JAX lowers threefry (the PRNG) with rolled 5-trip loops on CPU only; GPU
+  and TPU get the unrolled form. When MASKRCNN_JAX_TARGET names an
+  accelerator but the backend is the CPU (inspecting the accelerator
+  program here), the unrolled lowering is registered for the CPU too, so the
+  compiled program has the loop structure the target would get. Same
+  random bits. Idempotent; returns whether the emulation is active.
+  """
+  if _EMULATED:
+    return True
+  if current() == 'cpu' or jax.default_backend() != 'cpu':
+    return False
+  try:
+    # pylint: disable=import-outside-toplevel,protected-access
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as threefry
+    mlir.register_lowering(threefry.threefry2x32_p,
+                           threefry._threefry2x32_lowering_rule,
+                           platform='cpu')
+  except (ImportError, AttributeError):
+    return False
+  _EMULATED.append(True)
+  return True

@@ -52,6 +52,7 @@ def input_config(config: ml_collections.ConfigDict) -> mask_rcnn.InputConfig:
 def build_model(config: ml_collections.ConfigDict,
                 dtype: Optional[str] = None) -> mask_rcnn.MaskRCNN:
   """MaskRCNN module for `config` (compute dtype overridable)."""
+  target_lib.emulate_target_lowering()
   m = config.model
   b, n, r, roi = m.backbone, m.neck, m.rpn, m.roi
   precision = m.get('precision', 'highest')
