@@ -135,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if max_steps is not None:
     num_steps = min(num_steps, max_steps)
 
-  model = build.build_model(config)
+  model = build.build_model(config, dtype=build.train_dtype(config))
   tx, schedule = optim.make_optimizer(config, build.abstract_variables(
       config)['params'], steps_per_epoch)
   frozen = jax.tree_util.tree_map(
