@@ -1,7 +1,7 @@
 """Inference benchmark: R-50-FPN, one 427x640 image resized to 800x1199.
 
   python -m bench.inference [--config configs/r50_fpn_1x.py] [--dtype float32]
-      [--iters 10] [--batch-sizes 1,2,4]
+      [--iters 10] [--batch-sizes 1,2,4] [--config.a.b=value ...]
 
 End to end as MMDetection's benchmark counts it (network, post-processing
 and mask pasting; no image decoding): host preprocessing, the jitted device
@@ -13,6 +13,7 @@ the fixture ones (no download); the image is the fixture's landscape scene.
 
 import argparse
 import statistics
+import sys
 import time
 
 import jax
@@ -117,15 +118,18 @@ def main():
                  choices=['float32', 'bfloat16', 'float16'])
   p.add_argument('--iters', type=int, default=10)
   p.add_argument('--batch-sizes', default='1,2')
-  p.add_argument('--override', action='append', default=[])
+  p.add_argument('--override', action='append', default=[],
+                 help='a.b=value (same as --config.a.b=value)')
   p.add_argument('--stages', action='store_true',
                  help='time each stage jitted alone (batch 1) instead')
-  args = p.parse_args()
+  argv, overrides = config_lib.split_config_flags(sys.argv[1:])
+  args = p.parse_args(argv)
+  overrides = args.override + overrides
   if args.stages:
-    stages(args.config, args.dtype, args.iters, args.override)
+    stages(args.config, args.dtype, args.iters, overrides)
     return
   run(args.config, args.dtype, args.iters,
-      [int(b) for b in args.batch_sizes.split(',')], args.override)
+      [int(b) for b in args.batch_sizes.split(',')], overrides)
 
 
 if __name__ == '__main__':

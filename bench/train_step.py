@@ -1,24 +1,28 @@
 """Training step benchmark: R-50-FPN, 2 images of 800x1344 per device.
 
   python -m bench.train_step [--config configs/r50_fpn_1x.py] [--steps 5]
-      [--images-per-device 2] [--dtype float32|bfloat16]
+      [--images-per-device 2] [--dtype float32|bfloat16] [--config.a.b=v]
+      (MASKRCNN_JAX_TARGET=cpu|gpu|tpu picks the target's defaults)
 
 Times the jitted train step (forward, losses with MMDetection's samplers,
 backward, SGD update) on a synthetic batch with 10 GT instances per image,
 after compilation, and reports peak memory: the device's peak bytes in use
 where the backend reports it (GPUs), else the process's peak resident set.
+The step is compiled once, ahead of time, for the replicated device state
+it is then called with (`--steps 1` compiles exactly one program).
 """
 
 import argparse
 import resource
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 
 from maskrcnn_jax import config as config_lib
-from maskrcnn_jax.models import build
+from maskrcnn_jax.models import build as build_lib
 from maskrcnn_jax.train import losses
 from maskrcnn_jax.train import optim
 from maskrcnn_jax.train import state as state_lib
@@ -53,34 +57,72 @@ def peak_memory_gib():
       'process max RSS')
 
 
+def build(config_path, images_per_device, dtype, abstract=False,
+          overrides=()):
+  """The jitted step, its replicated state and a sharded synthetic batch.
+
+  With `abstract`, state and batch are jax.ShapeDtypeStructs (for lowering
+  without running anything, e.g. bench/hlo_report.py). `overrides`:
+  'a.b=value' config overrides (`--config.a.b=value`), applied after the
+  benchmark's own batch settings.
+  """
+  n_dev = jax.device_count()
+  gb = images_per_device * n_dev
+  config = config_lib.load_config(config_path, [
+      f'train.global_batch_size={gb}', 'train.images_per_group=2',
+      *overrides])
+  dtype = dtype or build_lib.train_dtype(config)
+  model = build_lib.build_model(config, dtype=dtype)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract_vars = build_lib.abstract_variables(config)
+  tx, _ = optim.make_optimizer(config, abstract_vars['params'], 1000)
+  frozen = jax.tree_util.tree_map(
+      lambda m: not m, optim.trainable_mask(abstract_vars['params'], config))
+  step = state_lib.make_train_step(
+      model, tx, losses.loss_config_from(config, images_per_group=2), mesh,
+      frozen)
+
+  def make_state(variables):
+    return state_lib.create_train_state(variables, tx, jax.random.PRNGKey(0),
+                                        state_lib.LossScale.create(None))
+
+  host_batch = synthetic_batch(config, gb)
+  if abstract:
+    state = jax.eval_shape(make_state, abstract_vars)
+    state = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=replicated), state)
+    batch_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('data'))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                     sharding=batch_sharding)
+             for k, v in host_batch.items()}
+  else:
+    variables = build_lib.init_variables(config, jax.random.PRNGKey(0))
+    state = jax.device_put(jax.jit(make_state)(variables), replicated)
+    batch = state_lib.global_batch_array(host_batch, mesh)
+  return dict(step=step, state=state, batch=batch, global_batch=gb,
+              n_dev=n_dev, dtype=dtype)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--config', default='configs/r50_fpn_1x.py')
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--images-per-device', type=int, default=2)
-  p.add_argument('--dtype', default='float32')
-  args = p.parse_args()
-  n_dev = jax.device_count()
-  gb = args.images_per_device * n_dev
-  config = config_lib.load_config(args.config, [
-      f'train.global_batch_size={gb}', f'model.dtype={args.dtype}',
-      'train.images_per_group=2'])
-  model = build.build_model(config)
-  variables = jax.device_get(build.init_variables(config,
-                                                  jax.random.PRNGKey(0)))
-  tx, _ = optim.make_optimizer(config, variables['params'], 1000)
-  frozen = jax.tree_util.tree_map(
-      lambda m: not m, optim.trainable_mask(variables['params'], config))
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
-  step = state_lib.make_train_step(
-      model, tx, losses.loss_config_from(config, images_per_group=2), mesh,
-      frozen)
-  state = state_lib.create_train_state(variables, tx, jax.random.PRNGKey(0),
-                                       state_lib.LossScale.create(None))
-  batch = state_lib.global_batch_array(synthetic_batch(config, gb), mesh)
+  p.add_argument('--dtype', default=None,
+                 help='compute dtype (default: model.train_dtype, resolved '
+                 'for the target: bfloat16 on GPU/TPU, float32 on CPU)')
+  argv, overrides = config_lib.split_config_flags(sys.argv[1:])
+  args = p.parse_args(argv)
+  setup = build(args.config, args.images_per_device, args.dtype,
+                overrides=overrides)
+  state, batch, gb = setup['state'], setup['batch'], setup['global_batch']
   t0 = time.perf_counter()
-  state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
+  # Ahead-of-time: one compile for exactly these (device) argument types;
+  # a mismatch would raise instead of silently compiling again.
+  step = setup['step'].lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   times = []
   for _ in range(args.steps):
@@ -90,11 +132,12 @@ def main():
     times.append(time.perf_counter() - t0)
   med = statistics.median(times)
   mem, kind = peak_memory_gib()
-  print(f'device: {jax.devices()[0].device_kind} x {n_dev}; {args.dtype}; '
-        f'{args.images_per_device} images/device of 800x1344')
-  print(f'first step (compile + run) {compile_s:.1f} s; median step '
-        f'{med:.3f} s; {gb / med:.2f} images/s; peak memory {mem:.2f} GiB '
-        f'({kind}); total_loss {float(metrics["total_loss"]):.4f}')
+  print(f'device: {jax.devices()[0].device_kind} x {setup["n_dev"]}; '
+        f'{setup["dtype"]}; {args.images_per_device} images/device of '
+        '800x1344')
+  print(f'compile {compile_s:.1f} s; first step {times[0]:.3f} s; median '
+        f'step {med:.3f} s; {gb / med:.2f} images/s; peak memory {mem:.2f} '
+        f'GiB ({kind}); total_loss {float(metrics["total_loss"]):.4f}')
 
 
 if __name__ == '__main__':

@@ -141,7 +141,8 @@ def _structure(config) -> dict:
       backbone={k: b[k] for k in ('depth', 'groups', 'style', 'base_channels')},
       base_width=b['base_width'] if b['groups'] > 1 else None,
       neck=m['neck'], rpn=m['rpn'],
-      roi={k: v for k, v in m['roi'].items() if k != 'roi_align_chunk'})
+      roi={k: v for k, v in m['roi'].items()
+           if k not in ('roi_align_chunk', 'roi_align_strategy')})
 
 
 def fixture_arch(config) -> Optional[str]:

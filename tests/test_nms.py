@@ -442,3 +442,94 @@ def test_timing_print():
     ms = (time.perf_counter() - start) / reps * 1e3
     print(f'\nnms_keep_sorted N={n} (tile 256, kept {int(keep.sum())}): '
           f'{ms:.2f} ms/call on {jax.devices()[0].platform}')
+
+
+# ----------------------------------------------------------------------------
+# 'dense' strategy (accelerators): same results as the reference
+# ----------------------------------------------------------------------------
+
+dense_jit = jax.jit(nms_lib.nms_keep_sorted_dense, static_argnames=('steps',))
+
+
+@pytest.mark.parametrize('n,steps', [(1, 4), (37, 1), (300, 4), (1000, 3)])
+def test_dense_keep_sorted_matches_reference(n, steps):
+  rng = np.random.default_rng(n + 11)
+  for thr in (0.3, 0.5, 0.7):
+    boxes = make_boxes(rng, n)
+    valid = rng.random(n) > 0.15
+    got = np.asarray(dense_jit(boxes, valid, thr, steps=steps))
+    expected = np.zeros(n, bool)
+    expected[np.flatnonzero(valid)[ref_keep_sorted(boxes[valid], thr)]] = True
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_dense_suppression_chain_and_exact_threshold():
+  # Alternating chain: the worst case for the fixed point (n updates).
+  n = 45
+  i = np.arange(n, dtype=np.float32)
+  boxes = np.stack([3 * i, 0 * i, 3 * i + 10, 0 * i + 10], 1)
+  for steps in (1, 4, 7):
+    got = np.asarray(dense_jit(boxes, np.ones(n, bool), 0.5, steps=steps))
+    np.testing.assert_array_equal(got, np.arange(n) % 2 == 0)
+  # IoU exactly at the threshold is kept; one ulp below suppresses.
+  boxes = np.array([[0, 0, 3, 1], [1, 0, 4, 1]], np.float32)
+  below = float(np.nextafter(np.float32(0.5), np.float32(0)))
+  valid = np.ones(2, bool)
+  np.testing.assert_array_equal(np.asarray(dense_jit(boxes, valid, 0.5)),
+                                [True, True])
+  np.testing.assert_array_equal(np.asarray(dense_jit(boxes, valid, below)),
+                                [True, False])
+  # Invalid boxes never suppress; empty input.
+  boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+  np.testing.assert_array_equal(
+      np.asarray(dense_jit(boxes, np.array([False, True]), 0.5)),
+      [False, True])
+  assert nms_lib.nms_keep_sorted_dense(
+      np.zeros((0, 4), np.float32), np.zeros(0, bool), 0.5).shape == (0,)
+
+
+def test_dense_iou_is_bit_exact():
+  rng = np.random.default_rng(3)
+  p = 256
+  a = rng.random((p, 4)).astype(np.float32) * 300
+  a[:, 2:] = a[:, :2] + rng.random((p, 2)).astype(np.float32) * 100 + 1
+  b = a + rng.normal(0, 8, (p, 4)).astype(np.float32)
+  b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 0.5)
+  iou = ref_iou(a, b)
+  a, b, iou = a[iou > 0], b[iou > 0], iou[iou > 0]
+  below = np.nextafter(iou, np.float32(-1))
+  pairs = np.stack([a, b], 1)
+  valid = np.ones((len(iou), 2), bool)
+  f = jax.jit(jax.vmap(nms_lib.nms_keep_sorted_dense))
+  np.testing.assert_array_equal(np.asarray(f(pairs, valid, iou)), valid)
+  np.testing.assert_array_equal(np.asarray(f(pairs, valid, below)),
+                                np.tile([True, False], (len(iou), 1)))
+
+
+def test_dense_batched_nms_vmap_matches_reference():
+  rng = np.random.default_rng(12)
+  batch, n = 3, 120
+  boxes = np.stack([make_boxes(rng, n) for _ in range(batch)])
+  scores = np.stack([make_scores(rng, n) for _ in range(batch)])
+  idxs = rng.integers(0, 5, (batch, n)).astype(np.int32)
+  valid = rng.random((batch, n)) > 0.2
+  boxes[~valid] *= 50
+  f = jax.jit(jax.vmap(lambda b, s, i, v: nms_lib.batched_nms(
+      b, s, i, v, 0.5, n, strategy='dense')))
+  indices, keep_valid = f(boxes, scores, idxs, valid)
+  for k in range(batch):
+    assert as_list(indices[k], keep_valid[k]) == ref_batched_nms(
+        boxes[k], scores[k], idxs[k], 0.5, valid[k]).tolist()
+  text = f.lower(boxes, scores, idxs, valid).compile().as_text()
+  assert ' conditional(' not in text
+  assert text.count(' while(') == 1  # The fixed point only.
+
+
+def test_group_offsets_match_float32_product():
+  rng = np.random.default_rng(13)
+  idxs = rng.integers(0, 4096, 5000).astype(np.int32)
+  for m in (799.3, 1333.0, 1e-3, 12345.678):
+    m32 = np.float32(m)
+    got = np.asarray(jax.jit(nms_lib.group_offsets)(idxs, m32))
+    np.testing.assert_array_equal(
+        got, idxs.astype(np.float32) * (m32 + np.float32(1)))

@@ -30,6 +30,32 @@ def test_model_defaults_agree_with_base_config():
   assert model.roi_align_chunk == base.model.roi.roi_align_chunk == 16
 
 
+def test_target_defaults_resolve_from_environment(monkeypatch):
+  """'auto' strategies and train dtype follow MASKRCNN_JAX_TARGET (else the
+  backend, CPU here); explicit config values win on every target."""
+  from maskrcnn_jax import target as target_lib
+  base = config_lib.base_config()
+  model = build.build_model(base)
+  monkeypatch.delenv(target_lib.ENV, raising=False)
+  assert (model.roi_align_strategy, model.nms_algorithm,
+          build.train_dtype(base)) == ('chunked', 'tiled', 'float32')
+  for target in ('gpu', 'tpu'):
+    monkeypatch.setenv(target_lib.ENV, target)
+    assert (model.roi_align_strategy, model.nms_algorithm,
+            build.train_dtype(base)) == ('tiered', 'dense', 'bfloat16')
+  fixed = config_lib.load_config('r50_fpn_1x', [
+      'model.roi.roi_align_strategy=chunked', 'model.nms_strategy=tiled',
+      'model.train_dtype=float32'])
+  fixed_model = build.build_model(fixed)
+  assert (fixed_model.roi_align_strategy, fixed_model.nms_algorithm,
+          build.train_dtype(fixed)) == ('chunked', 'tiled', 'float32')
+  half = config_lib.load_config('r50_fpn_1x', ['model.dtype=float16'])
+  assert build.train_dtype(half) == 'float16'   # only float32 goes bf16
+  monkeypatch.setenv(target_lib.ENV, 'cuda')
+  with pytest.raises(ValueError, match='MASKRCNN_JAX_TARGET'):
+    target_lib.current()
+
+
 def test_model_config_rejects_unknown_keys_and_types():
   model = config_lib.base_config().model.to_dict()
   model['roi']['roi_align_chnk'] = 8

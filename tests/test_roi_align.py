@@ -62,10 +62,11 @@ def mmcv_roi_align_reference(feature, box, out_size, spatial_scale,
 
 
 def _run(features, boxes, batch_index, valid_hw, out_size, strides,
-         chunk_size=4, tiers=ra.DEFAULT_TIERS):
+         chunk_size=4, tiers=None, strategy='chunked', cells_per_step=None):
+  extra = {} if cells_per_step is None else dict(cells_per_step=cells_per_step)
   fn = jax.jit(lambda f, b, i, v: ra.multilevel_roi_align(
       f, b, i, v, output_size=out_size, strides=strides,
-      chunk_size=chunk_size, tiers=tiers))
+      chunk_size=chunk_size, tiers=tiers, strategy=strategy, **extra))
   return np.asarray(fn([jnp.asarray(f) for f in features], jnp.asarray(boxes),
                        jnp.asarray(batch_index), jnp.asarray(valid_hw)))
 
@@ -85,7 +86,8 @@ def test_hand_computed_single_bin():
                              atol=1e-6)
 
 
-def test_border_rules_match_reference():
+@pytest.mark.parametrize('strategy', ra.STRATEGIES)
+def test_border_rules_match_reference(strategy):
   rng = np.random.default_rng(0)
   feat = rng.normal(size=(6, 7, 3)).astype(np.float32)
   boxes = np.array([
@@ -96,14 +98,88 @@ def test_border_rules_match_reference():
       [1.2, 1.7, 1.9, 2.1],   # sub-cell
   ], np.float32)
   out = _run([feat[None]], boxes, np.zeros(5, np.int32),
-             np.array([[[6, 7]]], np.int32), 7, [1], chunk_size=2)
+             np.array([[[6, 7]]], np.int32), 7, [1], chunk_size=2,
+             strategy=strategy, cells_per_step=128)
   for i, box in enumerate(boxes):
     ref = mmcv_roi_align_reference(feat, box, 7, 1.0)
     np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
 
 
+def _random_multilevel_case(n=60):
+  rng = np.random.default_rng(1)
+  strides = [4, 8, 16, 32]
+  canvas = (256, 320)
+  features = [rng.normal(size=(2, canvas[0] // s, canvas[1] // s, 5))
+              .astype(np.float32) for s in strides]
+  pad_hw = np.array([[256, 320], [192, 224]])
+  valid_hw = np.stack([np.ceil(pad_hw / s) for s in strides],
+                      axis=1).astype(np.int32)
+  img_hw = np.array([[250, 318], [180, 220]], np.float32)
+  boxes, batch = [], []
+  for _ in range(n):
+    b = rng.integers(2)
+    h, w = img_hw[b]
+    kind = rng.integers(4)
+    if kind == 0:   # elongated wide
+      bw, bh = rng.uniform(100, w), rng.uniform(1, 12)
+    elif kind == 1:  # elongated tall
+      bw, bh = rng.uniform(1, 12), rng.uniform(100, h)
+    elif kind == 2:  # small
+      bw, bh = rng.uniform(0.5, 40, size=2)
+    else:
+      bw, bh = rng.uniform(20, min(w, h), size=2)
+    x1 = rng.uniform(0, max(w - bw, 1e-3))
+    y1 = rng.uniform(0, max(h - bh, 1e-3))
+    box = np.clip([x1, y1, x1 + bw, y1 + bh], 0, [w, h, w, h])
+    boxes.append(box)
+    batch.append(b)
+  return (features, np.asarray(boxes, np.float32),
+          np.asarray(batch, np.int32), valid_hw, strides)
+
+
+@pytest.mark.parametrize('cells_per_step', [256, 4096, 2 ** 18])
+def test_tiered_equals_chunked(cells_per_step):
+  """'tiered' (loops per tier, any chunking) gives 'chunked''s values."""
+  features, boxes, batch, valid_hw, strides = _random_multilevel_case()
+  ref = _run(features, boxes, batch, valid_hw, 7, strides, chunk_size=16)
+  out = _run(features, boxes, batch, valid_hw, 7, strides,
+             strategy='tiered', cells_per_step=cells_per_step)
+  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_tiered_gradient_equals_chunked_autodiff():
+  """The custom VJP (one gradient buffer) equals autodiff of 'chunked'."""
+  features, boxes, batch, valid_hw, strides = _random_multilevel_case(40)
+  cot = np.random.default_rng(3).normal(size=(40, 7, 7, 5)).astype(
+      np.float32)
+
+  def grads(strategy):
+    def loss(f):
+      out = ra.multilevel_roi_align(
+          f, jnp.asarray(boxes), jnp.asarray(batch), jnp.asarray(valid_hw),
+          output_size=7, strides=strides, chunk_size=8, strategy=strategy,
+          cells_per_step=2048)
+      return jnp.sum(out * cot)
+    return jax.jit(jax.grad(loss))([jnp.asarray(f) for f in features])
+
+  for g_t, g_c in zip(grads('tiered'), grads('chunked')):
+    np.testing.assert_allclose(np.asarray(g_t), np.asarray(g_c), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_tiered_program_has_no_conditionals():
+  features, boxes, batch, valid_hw, strides = _random_multilevel_case(20)
+  fn = jax.jit(lambda f, b, i, v: ra.multilevel_roi_align(
+      f, b, i, v, output_size=7, strides=strides, strategy='tiered'))
+  text = fn.lower([jnp.asarray(f) for f in features], jnp.asarray(boxes),
+                  jnp.asarray(batch), jnp.asarray(valid_hw)).compile().as_text()
+  assert ' conditional(' not in text
+  assert text.count(' while(') == 1  # One loop for all tiers.
+
+
+@pytest.mark.parametrize('strategy', ra.STRATEGIES)
 @pytest.mark.parametrize('out_size', [7, 14])
-def test_random_multilevel_matches_reference(out_size):
+def test_random_multilevel_matches_reference(out_size, strategy):
   """Random RoIs of all sizes and aspect ratios on a 4-level pyramid.
 
   The second image's valid map is smaller than the canvas: cells past it
@@ -139,7 +215,7 @@ def test_random_multilevel_matches_reference(out_size):
   boxes = np.asarray(boxes, np.float32)
   batch = np.asarray(batch, np.int32)
   out = _run(features, boxes, batch, valid_hw, out_size, strides,
-             chunk_size=16)
+             chunk_size=16, strategy=strategy)
   levels = np.asarray(ra.map_roi_levels(jnp.asarray(boxes), 4))
   for i, box in enumerate(boxes):
     lvl, b = levels[i], batch[i]

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from maskrcnn_jax import target as target_lib
 from maskrcnn_jax.models import mask_rcnn
 from maskrcnn_jax.models import model_config as model_config_lib
 
@@ -21,6 +22,19 @@ def compute_dtype(name: str):
     raise ValueError(f'model.dtype must be one of {sorted(_DTYPES)}, '
                      f'got {name!r}')
   return _DTYPES[name]
+
+
+def train_dtype(config: ml_collections.ConfigDict) -> str:
+  """Training compute dtype: model.train_dtype; 'auto' is model.dtype, except
+  that a float32 model trains in bfloat16 on GPU/TPU targets."""
+  m = model_config(config)
+  value = m.train_dtype
+  if value == 'auto':
+    value = m.dtype
+    if value == 'float32':
+      value = target_lib.resolve('train_dtype', 'auto') or value
+  compute_dtype(value)
+  return value
 
 
 def test_config(config: ml_collections.ConfigDict) -> mask_rcnn.TestConfig:
@@ -48,6 +62,7 @@ def model_config(config: ml_collections.ConfigDict
 def build_model(config: ml_collections.ConfigDict,
                 dtype: Optional[str] = None) -> mask_rcnn.MaskRCNN:
   """MaskRCNN module for `config` (compute dtype overridable)."""
+  target_lib.emulate_target_lowering()
   m = model_config(config)
   if m.precision not in _PRECISIONS:
     raise ValueError(f'model.precision must be one of {sorted(_PRECISIONS)},'
@@ -58,8 +73,9 @@ def build_model(config: ml_collections.ConfigDict,
                      f'not match the backbone (4 * {base} * 2**i)')
   return mask_rcnn.MaskRCNN(
       num_classes=m.num_classes, backbone_cfg=m.backbone, neck_cfg=m.neck,
-      rpn_cfg=m.rpn, roi_cfg=m.roi, input_cfg=input_config(config),
-      test_cfg=test_config(config), dtype=compute_dtype(dtype or m.dtype),
+      rpn_cfg=m.rpn, roi_cfg=m.roi, nms_strategy=m.nms_strategy,
+      input_cfg=input_config(config), test_cfg=test_config(config),
+      dtype=compute_dtype(dtype or m.dtype),
       precision=_PRECISIONS[m.precision], norm_groups=m.norm_groups)
 
 

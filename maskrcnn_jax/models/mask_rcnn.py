@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskrcnn_jax import target as target_lib
 from maskrcnn_jax.models import fpn as fpn_lib
 from maskrcnn_jax.models import heads
 from maskrcnn_jax.models import model_config
@@ -95,7 +96,8 @@ def _max_coordinate(boxes, valid):
 def rpn_proposals(logits, deltas, anchors, anchor_valid, image_hw,
                   cfg_nms_pre: int, max_per_img: int, iou_threshold: float,
                   min_bbox_size: float,
-                  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0)):
+                  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+                  nms_strategy: str = 'tiled'):
   """RPN proposals of one image (MMDetection `RPNHead.predict_by_feat`).
 
   Per level: top `nms_pre` by sigmoid score, decode (stds 1), clip, drop
@@ -109,6 +111,7 @@ def rpn_proposals(logits, deltas, anchors, anchor_valid, image_hw,
     anchors: L numpy arrays (N_l, 4).
     anchor_valid: L arrays (N_l,) bool (cell inside the padded image).
     image_hw: (2,) resized image size, for clipping.
+    nms_strategy: `nms_ops.nms_keep_sorted` strategy (same result).
 
   Returns:
     boxes (max_per_img, 4), scores (max_per_img,), valid (max_per_img,).
@@ -138,17 +141,18 @@ def rpn_proposals(logits, deltas, anchors, anchor_valid, image_hw,
   valid = jnp.stack(all_valid)     # (L, K)
   # mmcv batched_nms: shift each level by level_id * (max coordinate + 1).
   max_coord = _max_coordinate(boxes, valid)
-  level_ids = jnp.arange(boxes.shape[0], dtype=jnp.float32)
-  shifted = boxes + (level_ids * (max_coord + 1))[:, None, None]
-  keep = jax.vmap(lambda b, v: nms_ops.nms_keep_sorted(b, v, iou_threshold))(
-      shifted, valid)
+  level_ids = jnp.arange(boxes.shape[0], dtype=jnp.int32)
+  shifted = boxes + nms_ops.group_offsets(level_ids, max_coord)[:, None, None]
+  keep = jax.vmap(lambda b, v: nms_ops.nms_keep_sorted(
+      b, v, iou_threshold, strategy=nms_strategy))(shifted, valid)
   flat_scores = jnp.where(keep, scores, -jnp.inf).reshape(-1)
   top_scores, idx = jax.lax.top_k(flat_scores, max_per_img)
   return boxes.reshape(-1, 4)[idx], top_scores, jnp.isfinite(top_scores)
 
 
 def bbox_postprocess(rois, roi_valid, cls_logits, box_deltas, image_hw,
-                     cfg: TestConfig, stds: Sequence[float]):
+                     cfg: TestConfig, stds: Sequence[float],
+                     nms_strategy: str = 'tiled'):
   """Class-wise detection of one image (MMDetection `multiclass_nms`).
 
   Args:
@@ -175,9 +179,9 @@ def bbox_postprocess(rois, roi_valid, cls_logits, box_deltas, image_hw,
   cand_boxes = boxes[idx]
   labels = (idx % num_classes).astype(jnp.int32)
   cand_valid = jnp.isfinite(top_scores)
-  shifted = cand_boxes + (labels.astype(jnp.float32) * (max_coord + 1))[:,
-                                                                       None]
-  keep = nms_ops.nms_keep_sorted(shifted, cand_valid, cfg.nms_iou)
+  shifted = cand_boxes + nms_ops.group_offsets(labels, max_coord)[:, None]
+  keep = nms_ops.nms_keep_sorted(shifted, cand_valid, cfg.nms_iou,
+                                 strategy=nms_strategy)
   sel, valid = first_k_true(keep, cfg.max_per_img)
   return (jnp.where(valid[:, None], cand_boxes[sel], 0.0),
           jnp.where(valid, top_scores[sel], 0.0), labels[sel], valid)
@@ -194,6 +198,9 @@ class MaskRCNN(nn.Module):
   neck_cfg: model_config.NeckConfig = model_config.NeckConfig()
   rpn_cfg: model_config.RPNConfig = model_config.RPNConfig()
   roi_cfg: model_config.RoIConfig = model_config.RoIConfig()
+  # model.nms_strategy: 'auto' (per target), 'tiled' (CPU) or 'dense'
+  # (accelerators); see `nms_ops`. Same result. Resolved: `nms_algorithm`.
+  nms_strategy: str = model_config.ModelConfig.nms_strategy
   input_cfg: InputConfig = InputConfig()
   test_cfg: TestConfig = TestConfig()
   dtype: Any = jnp.float32
@@ -263,6 +270,17 @@ class MaskRCNN(nn.Module):
   def roi_align_chunk(self) -> int:
     return self.roi_cfg.roi_align_chunk
 
+  @property
+  def roi_align_strategy(self) -> str:
+    """'chunked' or 'tiered' ('auto' resolved for the target)."""
+    return target_lib.resolve('roi_align_strategy',
+                              self.roi_cfg.roi_align_strategy)
+
+  @property
+  def nms_algorithm(self) -> str:
+    """'tiled' or 'dense' (`nms_strategy`, 'auto' resolved for the target)."""
+    return target_lib.resolve('nms_strategy', self.nms_strategy)
+
   # ---- building blocks (also used by tests and training) ----------------
 
   def features(self, images, image_hw, pad_hw):
@@ -297,7 +315,7 @@ class MaskRCNN(nn.Module):
           lg, dl, anchors, av, hw,
           nms_pre or cfg.rpn_nms_pre, max_per_img or cfg.rpn_max_per_img,
           iou_threshold or cfg.rpn_nms_iou, cfg.rpn_min_bbox_size,
-          self.rpn_stds)
+          self.rpn_stds, self.nms_algorithm)
 
     return jax.vmap(one)(logits, deltas, anchor_valid, image_hw)
 
@@ -310,7 +328,8 @@ class MaskRCNN(nn.Module):
         level_valid_hw(pad_hw, self.roi_strides), output_size=output_size,
         strides=self.roi_strides, finest_scale=self.finest_scale,
         chunk_size=self.roi_align_chunk,
-        precision=self.precision or jax.lax.Precision.HIGHEST)
+        precision=self.precision or jax.lax.Precision.HIGHEST,
+        strategy=self.roi_align_strategy)
     return pooled.reshape((b, n) + pooled.shape[1:])
 
   def box_head(self, feats, rois, pad_hw):
@@ -348,7 +367,7 @@ class MaskRCNN(nn.Module):
     rois, _, roi_valid = self.proposals(feats, image_hw, pad_hw)
     cls, reg = self.box_head(feats, rois, pad_hw)
     post = jax.vmap(lambda r, v, c, d, hw: bbox_postprocess(
-        r, v, c, d, hw, self.test_cfg, self.bbox_stds))
+        r, v, c, d, hw, self.test_cfg, self.bbox_stds, self.nms_algorithm))
     boxes, scores, labels, valid = post(rois, roi_valid, cls, reg, image_hw)
     mask_logits = self.mask_head(feats, boxes, pad_hw)  # (B, D, 28, 28, K)
     mask_logits = jnp.take_along_axis(

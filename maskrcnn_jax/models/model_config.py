@@ -62,6 +62,9 @@ class RoIConfig:
   mask_channels: int = 256
   norm: str = 'none'              # 'none' | 'GN' on the mask head's convs
   roi_align_chunk: int = 16       # RoIs per RoIAlign chunk (see config.py)
+  # 'auto' (per target: 'chunked' on CPU, 'tiered' on GPU/TPU; see
+  # maskrcnn_jax/target.py), 'chunked' or 'tiered'. Same values.
+  roi_align_strategy: str = 'auto'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +72,18 @@ class ModelConfig:
   """`model`: the whole detector."""
   num_classes: int = 80
   dtype: str = 'float32'          # compute dtype
+  # Training compute dtype: 'auto' = dtype, except that a float32 model
+  # trains in bfloat16 on GPU/TPU targets (see build.train_dtype).
+  train_dtype: str = 'auto'
   precision: str = 'highest'      # matmul/conv precision
   norm_groups: int = 32           # GroupNorm groups wherever a norm is 'GN'
   backbone: BackboneConfig = BackboneConfig()
   neck: NeckConfig = NeckConfig()
   rpn: RPNConfig = RPNConfig()
   roi: RoIConfig = RoIConfig()
+  # NMS algorithm: 'auto' ('tiled' on CPU, 'dense' on GPU/TPU), 'tiled' or
+  # 'dense'. Same result.
+  nms_strategy: str = 'auto'
 
 
 def _convert(value, hint, where: str):

@@ -27,7 +27,7 @@ would change some IoUs by one ulp compared with mmcv (observed on XLA:CPU for
 across them, so the products that feed an addition (the areas and the
 intersection) are passed through `_opaque`, an integer no-op the compiler
 cannot see through, and the group offsets are formed from exact partial
-products (see `_group_offsets`).
+products (see `group_offsets`).
 """
 
 from typing import Optional, Tuple, Union
@@ -111,10 +111,70 @@ def _resolve_tile(init: jax.Array, over: jax.Array) -> jax.Array:
   return keep
 
 
+STRATEGIES = ('tiled', 'dense')
+# Fixed-point steps per while-loop iteration of the 'dense' strategy (each
+# iteration is one device-to-host predicate read on GPUs).
+DENSE_STEPS = 4
+
+
+def nms_keep_sorted_dense(boxes: jax.Array, valid: jax.Array,
+                          iou_threshold: ArrayLike,
+                          steps: int = DENSE_STEPS) -> jax.Array:
+  """Exact greedy NMS on sorted boxes with one (N, N) suppression matrix.
+
+  `over[j, i] = IoU(i, j) > thr and i < j and valid[i]` is computed once
+  (the same float32 IoU as `nms_keep_sorted`); the keep mask is then the
+  fixed point of `keep = valid & ~any_i(over[:, i] & keep[i])`, reached
+  from `keep = valid` by a `lax.while_loop` that runs `steps` updates per
+  iteration. The fixed point is unique and equals sequential greedy NMS
+  (`keep[j]` depends only on entries before `j`, so each update fixes at
+  least one more leading entry); the loop stops at the first iteration
+  whose last update changed nothing, usually after one or two. No tile
+  loop and no data-dependent branch: the accelerator path.
+
+  Args:
+    boxes: `(N, 4)` float32 XYXY boxes sorted by descending score.
+    valid: `(N,)` bool; invalid boxes are never kept and never suppress.
+    iou_threshold: scalar, suppress iff IoU > threshold (float32, strict).
+    steps: static fixed-point updates per loop iteration.
+
+  Returns:
+    `(N,)` bool keep mask.
+  """
+  boxes = jnp.asarray(boxes, jnp.float32)
+  valid = jnp.asarray(valid, bool)
+  n = boxes.shape[0]
+  if boxes.shape != (n, 4) or valid.shape != (n,):
+    raise ValueError(f'Expected boxes (N, 4) and valid (N,), got {boxes.shape} '
+                     f'and {valid.shape}.')
+  if n == 0:
+    return jnp.zeros((0,), bool)
+  thr = jnp.asarray(iou_threshold, jnp.float32)
+  zero = _runtime_zero(boxes)
+  x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+  coords = (x1, y1, x2, y2, _opaque((x2 - x1) * (y2 - y1), zero))
+  earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # [j, i]: i < j.
+  over = (_pairwise_iou(coords, coords, zero) > thr) & earlier & valid[None, :]
+
+  def update(keep):
+    return valid & ~jnp.any(over & keep[None, :], axis=1)
+
+  def body(state):
+    keep, _ = state
+    for _ in range(steps - 1):
+      keep = update(keep)
+    new = update(keep)
+    return new, jnp.any(new != keep)
+
+  keep, _ = lax.while_loop(lambda s: s[1], body, (valid, jnp.array(True)))
+  return keep
+
+
 def nms_keep_sorted(boxes: jax.Array,
                     valid: jax.Array,
                     iou_threshold: ArrayLike,
-                    tile_size: int = 256) -> jax.Array:
+                    tile_size: int = 256,
+                    strategy: str = 'tiled') -> jax.Array:
   """Exact greedy NMS on boxes already sorted by descending score.
 
   Tiled algorithm with static shapes (jit- and vmap-friendly, no host
@@ -140,10 +200,17 @@ def nms_keep_sorted(boxes: jax.Array,
     iou_threshold: scalar; a box is suppressed iff its IoU with an earlier kept
       box is strictly greater. Rounded to float32. May be a traced value.
     tile_size: static tile length `T` (the tile is `min(tile_size, N)`).
+    strategy: 'tiled' (this algorithm; CPU) or 'dense'
+      (`nms_keep_sorted_dense`; accelerators). Same result.
 
   Returns:
     `(N,)` bool: `True` for the boxes kept by greedy NMS.
   """
+  if strategy not in STRATEGIES:
+    raise ValueError(f'nms strategy must be one of {STRATEGIES}, got '
+                     f'{strategy!r}')
+  if strategy == 'dense':
+    return nms_keep_sorted_dense(boxes, valid, iou_threshold)
   boxes = jnp.asarray(boxes, jnp.float32)
   valid = jnp.asarray(valid, bool)
   n = boxes.shape[0]
@@ -189,7 +256,7 @@ def nms_keep_sorted(boxes: jax.Array,
   return keep.reshape(-1)[:n]
 
 
-def _group_offsets(idxs: jax.Array, max_coordinate: jax.Array) -> jax.Array:
+def group_offsets(idxs: jax.Array, max_coordinate: jax.Array) -> jax.Array:
   """`float32(idxs) * (max_coordinate + 1)` rounded exactly like mmcv.
 
   The product is split into two partial products that are exact in float32
@@ -216,7 +283,8 @@ def _group_offsets(idxs: jax.Array, max_coordinate: jax.Array) -> jax.Array:
 
 def _sorted_nms(boxes_for_nms: jax.Array, scores: jax.Array, valid: jax.Array,
                 iou_threshold: ArrayLike, max_output: int,
-                tile_size: int) -> Tuple[jax.Array, jax.Array]:
+                tile_size: int, strategy: str = 'tiled'
+               ) -> Tuple[jax.Array, jax.Array]:
   """Sorts by descending score, runs NMS and compacts the kept indices."""
   n = boxes_for_nms.shape[0]
   if n == 0:
@@ -228,7 +296,7 @@ def _sorted_nms(boxes_for_nms: jax.Array, scores: jax.Array, valid: jax.Array,
       ((~valid).astype(jnp.int32), -scores.astype(jnp.float32), order),
       num_keys=3)
   keep = nms_keep_sorted(boxes_for_nms[perm], valid[perm], iou_threshold,
-                         tile_size)
+                         tile_size, strategy)
   (pos,) = jnp.nonzero(keep, size=max_output, fill_value=0)
   keep_valid = jnp.arange(max_output) < jnp.sum(keep)
   indices = jnp.where(keep_valid, perm[pos], 0).astype(jnp.int32)
@@ -255,7 +323,8 @@ def nms(boxes: jax.Array,
         valid: Optional[jax.Array],
         iou_threshold: ArrayLike,
         max_output: int,
-        tile_size: int = 256) -> Tuple[jax.Array, jax.Array]:
+        tile_size: int = 256,
+        strategy: str = 'tiled') -> Tuple[jax.Array, jax.Array]:
   """Class-agnostic greedy NMS (mmcv `nms` on CPU, `offset=0`).
 
   Args:
@@ -266,6 +335,7 @@ def nms(boxes: jax.Array,
     iou_threshold: scalar; suppress iff IoU > threshold (float32, strict).
     max_output: static number of output slots (mmcv `max_num`).
     tile_size: static NMS tile length, see `nms_keep_sorted`.
+    strategy: 'tiled' or 'dense', see `nms_keep_sorted`.
 
   Returns:
     indices: `(max_output,)` int32 indices into the input of the kept boxes,
@@ -275,7 +345,7 @@ def nms(boxes: jax.Array,
   """
   boxes, scores, valid = _check_inputs(boxes, scores, valid)
   return _sorted_nms(boxes, scores, valid, iou_threshold, max_output,
-                     tile_size)
+                     tile_size, strategy)
 
 
 def batched_nms(boxes: jax.Array,
@@ -284,7 +354,8 @@ def batched_nms(boxes: jax.Array,
                 valid: Optional[jax.Array],
                 iou_threshold: ArrayLike,
                 max_output: int,
-                tile_size: int = 256) -> Tuple[jax.Array, jax.Array]:
+                tile_size: int = 256,
+                strategy: str = 'tiled') -> Tuple[jax.Array, jax.Array]:
   """Class-aware greedy NMS (mmcv 2.x `batched_nms`, CPU, `offset=0`).
 
   Boxes of different groups never suppress each other. As in mmcv this is done
@@ -304,6 +375,7 @@ def batched_nms(boxes: jax.Array,
     iou_threshold: scalar; suppress iff IoU > threshold (float32, strict).
     max_output: static number of output slots (mmcv `max_num`).
     tile_size: static NMS tile length, see `nms_keep_sorted`.
+    strategy: 'tiled' or 'dense', see `nms_keep_sorted`.
 
   Returns:
     indices: `(max_output,)` int32 indices into the input of the kept boxes,
@@ -317,10 +389,10 @@ def batched_nms(boxes: jax.Array,
     raise ValueError(f'Expected idxs {scores.shape}, got {idxs.shape}.')
   if boxes.shape[0] == 0:
     return _sorted_nms(boxes, scores, valid, iou_threshold, max_output,
-                       tile_size)
+                       tile_size, strategy)
   masked = jnp.where(valid[:, None], boxes, -jnp.inf)
   max_coordinate = jnp.where(jnp.any(valid), jnp.max(masked), 0.0)
-  offsets = _group_offsets(idxs, max_coordinate)
+  offsets = group_offsets(idxs, max_coordinate)
   boxes_for_nms = boxes + offsets[:, None]
   return _sorted_nms(boxes_for_nms, scores, valid, iou_threshold, max_output,
-                     tile_size)
+                     tile_size, strategy)

@@ -33,6 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_TIERS = (8, 16, 32, 64)
+# Tiers of the 'tiered' strategy (every iteration of its loop runs a chunk of
+# each; one host round trip per iteration on GPUs).
+TIERED_TIERS = (16, 32)
+# Window cells gathered per loop iteration of the 'tiered' strategy, shared
+# among the tiers in these proportions (None: any larger side), roughly the
+# cells that the RoIs of each tier need (RoIs per chunk = share / side**2):
+# balanced chunk counts keep the single loop's trip count low.
+DEFAULT_CELLS_PER_STEP = 2 ** 19
+TIER_SHARES = {8: 1, 16: 1, 32: 6, None: 3}
+STRATEGIES = ('chunked', 'tiered')
 
 
 def map_roi_levels(boxes, num_levels: int, finest_scale: float = 56.):
@@ -126,17 +136,12 @@ def _tier_fits(need_y, need_x, side: int):
   return (minor <= side) & (minor * major <= side * side)
 
 
-def _align_chunk(flat_features, geom, side: int, out_size: int,
-                 max_grid: int, precision):
-  """RoIAlign of one chunk of RoIs with an s*s window buffer.
-
-  Args:
-    flat_features: (B * T, C) all levels of all images, flattened.
-    geom: dict of (R,) per-RoI arrays (see `multilevel_roi_align`).
-    side: s, the tier's buffer side.
+def _chunk_index(geom, side: int):
+  """Rows of the flattened maps gathered into each RoI's s*s window.
 
   Returns:
-    (R, out_size, out_size, C).
+    index (R, s*s) int32, tall (R,) bool (rows are the major axis) and
+    minor_len (R,) int32.
   """
   n_cells = side * side
   tall = geom['need_y'] >= geom['need_x']
@@ -151,16 +156,17 @@ def _align_chunk(flat_features, geom, side: int, out_size: int,
   rows = jnp.minimum(geom['y0'][:, None] + dy, geom['map_h'][:, None] - 1)
   cols = jnp.minimum(geom['x0'][:, None] + dx, geom['map_w'][:, None] - 1)
   index = geom['base'][:, None] + rows * geom['map_w'][:, None] + cols
-  window = jnp.take(flat_features, index, axis=0)  # (R, s*s, C)
-  window = window.reshape(-1, side, side, window.shape[-1])
+  return index, tall, minor_len
 
-  max_major = n_cells
+
+def _chunk_weights(geom, tall, minor_len, side: int, out_size: int,
+                   max_grid: int):
+  """Interpolation weights on the window: (R, P, s, s) major, (R, P, s)."""
+  n_cells = side * side
   wy = _axis_weights(geom['start_y'], geom['bin_y'], geom['grid_y'],
-                     geom['y0'], geom['size_y'], out_size, max_grid,
-                     max_major)
+                     geom['y0'], geom['size_y'], out_size, max_grid, n_cells)
   wx = _axis_weights(geom['start_x'], geom['bin_x'], geom['grid_x'],
-                     geom['x0'], geom['size_x'], out_size, max_grid,
-                     max_major)
+                     geom['x0'], geom['size_x'], out_size, max_grid, n_cells)
   w_major = jnp.where(tall[:, None, None], wy, wx)  # (R, P, s*s)
   w_minor = jnp.where(tall[:, None, None], wx, wy)[..., :side]  # (R, P, s)
   a = jnp.arange(side)[:, None]
@@ -172,7 +178,12 @@ def _align_chunk(flat_features, geom, side: int, out_size: int,
       w_major, major_of_ab.reshape(-1, 1, n_cells), axis=2).reshape(
           -1, out_size, side, side)
   w_minor_b = jnp.take_along_axis(w_minor, minor_of_b[:, None, :], axis=2)
-  dtype = flat_features.dtype
+  return w_major_ab, w_minor_b
+
+
+def _contract(window, w_major_ab, w_minor_b, tall, precision):
+  """(R, s, s, C) window -> (R, P, P, C), rows first."""
+  dtype = window.dtype
   partial = jnp.einsum('rpab,rabc->rpbc', w_major_ab.astype(dtype), window,
                        precision=precision)
   out = jnp.einsum('rpbc,rqb->rpqc', partial, w_minor_b.astype(dtype),
@@ -180,6 +191,137 @@ def _align_chunk(flat_features, geom, side: int, out_size: int,
   # out is (major bin, minor bin); put rows first for wide RoIs.
   return jnp.where(tall[:, None, None, None], out,
                    jnp.swapaxes(out, 1, 2))
+
+
+def _align_chunk(flat_features, geom, side: int, out_size: int,
+                 max_grid: int, precision):
+  """RoIAlign of one chunk of RoIs with an s*s window buffer.
+
+  Args:
+    flat_features: (B * T, C) all levels of all images, flattened.
+    geom: dict of (R,) per-RoI arrays (see `multilevel_roi_align`).
+    side: s, the tier's buffer side.
+
+  Returns:
+    (R, out_size, out_size, C).
+  """
+  index, tall, minor_len = _chunk_index(geom, side)
+  window = jnp.take(flat_features, index, axis=0)  # (R, s*s, C)
+  window = window.reshape(-1, side, side, window.shape[-1])
+  w_major_ab, w_minor_b = _chunk_weights(geom, tall, minor_len, side,
+                                         out_size, max_grid)
+  return _contract(window, w_major_ab, w_minor_b, tall, precision)
+
+
+def _num_steps(tiers, counts):
+  """Loop trip count: the most chunks any tier needs."""
+  return functools.reduce(jnp.maximum, [
+      (counts[t] + chunk - 1) // chunk for t, (_, chunk, _) in
+      enumerate(tiers)])
+
+
+def _tier_rows(t, chunk, i, starts, counts, rows):
+  """Start row of tier t's i-th chunk (clamped in range) and its own rows."""
+  first = jnp.minimum(starts[t] + i * chunk, rows - chunk)
+  mine = first + jnp.arange(chunk) < starts[t] + counts[t]
+  mine &= first + jnp.arange(chunk) >= starts[t] + i * chunk
+  return first, mine
+
+
+def _tiered_forward(cfg, flat, sorted_geom, counts, starts):
+  """One while loop; each iteration advances every tier by one chunk.
+
+  `sorted_geom` holds the RoIs sorted by tier (ascending) and padded with
+  at least one chunk of rows. Iteration i computes chunk i of every tier
+  (a tier with fewer chunks recomputes rows it does not own) and writes
+  only the rows that belong to that tier, so the trip count is the
+  largest number of chunks a tier really needs and no conditional runs.
+
+  Returns:
+    (R + pad, P, P, C) in `flat`'s dtype, in sorted order.
+  """
+  tiers, out_size, precision, _, channels, _ = cfg
+  rows = sorted_geom['base'].shape[0]
+  out = jnp.zeros((rows, out_size, out_size, channels), flat.dtype)
+  steps = _num_steps(tiers, counts)
+
+  def body(state):
+    i, out = state
+    for t, (side, chunk, max_grid) in enumerate(tiers):
+      first, mine = _tier_rows(t, chunk, i, starts, counts, rows)
+      g = jax.tree_util.tree_map(
+          lambda x: jax.lax.dynamic_slice_in_dim(x, first, chunk),
+          sorted_geom)
+      res = _align_chunk(flat, g, side, out_size, max_grid, precision)
+      old = jax.lax.dynamic_slice_in_dim(out, first, chunk)
+      res = jnp.where(mine[:, None, None, None], res.astype(out.dtype), old)
+      out = jax.lax.dynamic_update_slice_in_dim(out, res, first, axis=0)
+    return i + 1, out
+
+  _, out = jax.lax.while_loop(lambda s: s[0] < steps, body,
+                              (jnp.int32(0), out))
+  return out
+
+
+def _tiered_backward(cfg, sorted_geom, counts, starts, grad_out):
+  """Transpose of `_tiered_forward`: one (B * T, C) gradient buffer.
+
+  Same loop; every chunk's window gradient (rows it does not own masked
+  to zero) is scatter-added straight into the single buffer it carries.
+  """
+  tiers, out_size, precision, flat_rows, channels, dtype = cfg
+  rows = sorted_geom['base'].shape[0]
+  grad = jnp.zeros((flat_rows, channels), dtype)
+  steps = _num_steps(tiers, counts)
+
+  def body(state):
+    i, grad = state
+    for t, (side, chunk, max_grid) in enumerate(tiers):
+      first, mine = _tier_rows(t, chunk, i, starts, counts, rows)
+      g = jax.tree_util.tree_map(
+          lambda x: jax.lax.dynamic_slice_in_dim(x, first, chunk),
+          sorted_geom)
+      cot = jax.lax.dynamic_slice_in_dim(grad_out, first, chunk)
+      cot = jnp.where(mine[:, None, None, None], cot, 0).astype(dtype)
+      index, tall, minor_len = _chunk_index(g, side)
+      w_major_ab, w_minor_b = _chunk_weights(g, tall, minor_len, side,
+                                             out_size, max_grid)
+      zero_window = jnp.zeros((chunk, side, side, channels), dtype)
+      _, vjp = jax.vjp(
+          lambda w: _contract(w, w_major_ab, w_minor_b, tall, precision),
+          zero_window)
+      (g_window,) = vjp(cot)
+      grad = grad.at[index.reshape(-1)].add(
+          g_window.reshape(-1, channels), mode='drop')
+    return i + 1, grad
+
+  _, grad = jax.lax.while_loop(lambda s: s[0] < steps, body,
+                               (jnp.int32(0), grad))
+  return grad
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _tiered_align(cfg, flat, sorted_geom, counts, starts):
+  return _tiered_forward(cfg, flat, sorted_geom, counts, starts)
+
+
+def _tiered_align_fwd(cfg, flat, sorted_geom, counts, starts):
+  out = _tiered_forward(cfg, flat, sorted_geom, counts, starts)
+  return out, (sorted_geom, counts, starts)
+
+
+def _tiered_align_bwd(cfg, residuals, grad_out):
+  sorted_geom, counts, starts = residuals
+  grad = _tiered_backward(cfg, sorted_geom, counts, starts, grad_out)
+  # RoIAlign is linear in the features; like mmcv, no gradient for boxes.
+  zeros = jax.tree_util.tree_map(
+      lambda x: np.zeros(x.shape, jax.dtypes.float0)
+      if not jnp.issubdtype(x.dtype, jnp.floating) else jnp.zeros_like(x),
+      (sorted_geom, counts, starts))
+  return (grad,) + zeros
+
+
+_tiered_align.defvjp(_tiered_align_fwd, _tiered_align_bwd)
 
 
 def required_top_tier(canvas_maps: Sequence[Sequence[int]],
@@ -213,8 +355,10 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
                          valid_hw, *, output_size: int,
                          strides: Sequence[int], finest_scale: float = 56.,
                          chunk_size: int = 128,
-                         tiers: Sequence[int] = DEFAULT_TIERS,
-                         precision=jax.lax.Precision.HIGHEST):
+                         tiers: Sequence[int] = None,
+                         precision=jax.lax.Precision.HIGHEST,
+                         strategy: str = 'chunked',
+                         cells_per_step: int = DEFAULT_CELLS_PER_STEP):
   """mmcv RoIAlign(aligned=True, sampling_ratio=0, 'avg') over FPN levels.
 
   Args:
@@ -228,10 +372,22 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
     output_size: P, output bins per axis (7 box head, 14 mask head).
     strides: L feature strides.
     finest_scale: level rule scale (56).
-    chunk_size: RoIs per chunk.
+    chunk_size: RoIs per chunk ('chunked').
     tiers: window buffer sides tried in order; the required top tier is
-      appended if the canvas needs a larger one.
+      appended if the canvas needs a larger one (default DEFAULT_TIERS for
+      'chunked', TIERED_TIERS for 'tiered').
     precision: einsum precision (HIGHEST for float32 parity on GPUs/TPUs).
+    strategy: 'chunked' (CPU): a lax.map over chunks of `chunk_size` RoIs
+      sorted by window size, each chunk choosing its tier with lax.switch.
+      'tiered' (accelerators): RoIs sorted by tier, then one while loop
+      whose every iteration computes one chunk of each tier (chunk sizes
+      share `cells_per_step` by TIER_SHARES); its trip count is the most
+      chunks a tier really needs (no conditionals); a custom VJP runs the
+      same loop, accumulating every chunk's gradient into one
+      feature-gradient buffer, and saves no activations. Both strategies
+      compute exactly the same values.
+    cells_per_step: 'tiered' window cells per loop iteration (memory bound:
+      cells_per_step * C values gathered at a time).
 
   Returns:
     (R, P, P, C) pooled features, in `features`' dtype.
@@ -249,7 +405,6 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
   flat = flat.reshape(bsz * total, channels)
 
   top = required_top_tier(maps, strides, finest_scale)
-  tier_sides = sorted(set(t for t in tiers if t < top) | {top})
 
   boxes = boxes.astype(jnp.float32)
   batch_index = batch_index.astype(jnp.int32)
@@ -269,12 +424,29 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
       map_w=jnp.asarray([w for _, w in maps], jnp.int32)[lvl],
       base=batch_index * total + jnp.asarray(offsets)[lvl],
   )
-  # Smallest tier per RoI, then group RoIs of similar need into chunks.
+  if strategy not in STRATEGIES:
+    raise ValueError(f'roi_align strategy must be one of {STRATEGIES}, '
+                     f'got {strategy!r}')
+  if tiers is None:
+    tiers = DEFAULT_TIERS if strategy == 'chunked' else TIERED_TIERS
+  tier_sides = sorted(set(t for t in tiers if t < top) | {top})
+  # Smallest tier per RoI.
   tier_of = jnp.full(boxes.shape[:1], len(tier_sides) - 1, jnp.int32)
   for t in reversed(range(len(tier_sides) - 1)):
     tier_of = jnp.where(_tier_fits(need_y, need_x, tier_sides[t]), t,
                         tier_of)
   num = boxes.shape[0]
+  max_map = max(max(h, w) for h, w in maps)
+
+  def max_grid_of(side):
+    # Samples per bin can not exceed the window's major length / bins + 1.
+    return min(side * side, max_map + 3) // output_size + 2
+
+  if strategy == 'tiered':
+    return _tiered(flat, geom, tier_of, tier_sides, num, channels, dtype,
+                   output_size, precision, cells_per_step, max_grid_of)
+
+  # Group RoIs of similar need into chunks.
   padded = -(-num // chunk_size) * chunk_size
   order = jnp.argsort(tier_of, stable=True)
   pad = padded - num
@@ -287,15 +459,12 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
 
   chunks = jax.tree_util.tree_map(prepare, geom)
   chunk_tier = prepare(tier_of).max(axis=1)
-  max_map = max(max(h, w) for h, w in maps)
 
   branches = []
   for side in tier_sides:
-    # Samples per bin can not exceed the window's major length / bins + 1.
-    max_grid = min(side * side, max_map + 3) // output_size + 2
     branches.append(functools.partial(
         _align_chunk, flat, side=side, out_size=output_size,
-        max_grid=max_grid, precision=precision))
+        max_grid=max_grid_of(side), precision=precision))
 
   def one_chunk(args):
     tier, g = args
@@ -303,5 +472,33 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
 
   pooled = jax.lax.map(one_chunk, (chunk_tier, chunks))
   pooled = pooled.reshape((padded, output_size, output_size, channels))[:num]
+  inverse = jnp.argsort(order)
+  return pooled[inverse].astype(dtype)
+
+
+def _tiered(flat, geom, tier_of, tier_sides, num, channels, dtype,
+            output_size, precision, cells_per_step, max_grid_of):
+  """The 'tiered' strategy of `multilevel_roi_align`."""
+  if num == 0:
+    return jnp.zeros((0, output_size, output_size, channels), dtype)
+  weights = [TIER_SHARES.get(side, TIER_SHARES[None]) for side in tier_sides]
+  plan = tuple(
+      (side, int(min(max(cells_per_step * w // sum(weights) // side ** 2, 1),
+                     num)), max_grid_of(side))
+      for side, w in zip(tier_sides, weights))
+  pad = max(c for _, c, _ in plan)
+  order = jnp.argsort(tier_of, stable=True)
+  counts = jnp.sum(tier_of[:, None] == jnp.arange(len(tier_sides))[None],
+                   axis=0).astype(jnp.int32)
+  starts = (jnp.cumsum(counts) - counts).astype(jnp.int32)
+
+  def prepare(x):
+    x = jax.lax.stop_gradient(x[order])
+    return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+  sorted_geom = jax.tree_util.tree_map(prepare, geom)
+  cfg = (plan, output_size, precision, flat.shape[0], channels,
+         jnp.dtype(flat.dtype).name)
+  pooled = _tiered_align(cfg, flat, sorted_geom, counts, starts)[:num]
   inverse = jnp.argsort(order)
   return pooled[inverse].astype(dtype)

@@ -181,7 +181,7 @@ def _train(config, workdir, max_steps, allow_config_change):
   if max_steps is not None:
     num_steps = min(num_steps, max_steps)
 
-  model = build.build_model(config)
+  model = build.build_model(config, dtype=build.train_dtype(config))
   tx, schedule = optim.make_optimizer(config, build.abstract_variables(
       config)['params'], steps_per_epoch)
   frozen = jax.tree_util.tree_map(

@@ -171,7 +171,8 @@ def rpn_losses(module, feats, batch, rng, cfg: LossConfig):
 
   def proposals(lg, dl, av, hw):
     return mask_rcnn.rpn_proposals(lg, dl, anchors, av, hw, *cfg_nms,
-                                   module.test_cfg.rpn_min_bbox_size, stds)
+                                   module.test_cfg.rpn_min_bbox_size, stds,
+                                   module.nms_algorithm)
 
   props, _, props_valid = jax.vmap(proposals)(
       detached_logits, detached_deltas, level_valid, batch['image_hw'])

@@ -1,0 +1,82 @@
+"""Compilation target: which accelerator the programs are built for.
+
+Backend-dependent defaults (RoIAlign and NMS strategies) are resolved here,
+from the environment variable `MASKRCNN_JAX_TARGET=cpu|gpu|tpu` when it is
+set, else from `jax.default_backend()`. Setting the variable on a CPU-only
+machine compiles (for the CPU backend) the same program that a GPU or TPU
+run would build, so that its optimized HLO can be inspected
+(`bench/hlo_report.py`).
+"""
+
+import os
+
+import jax
+
+TARGETS = ('cpu', 'gpu', 'tpu')
+ENV = 'MASKRCNN_JAX_TARGET'
+
+# Per-target defaults for the config keys that accept 'auto'.
+_DEFAULTS = {
+    # 'chunked': lax.map over small chunks, each with the tightest window
+    # (fastest on CPUs). 'tiered': one loop per window tier whose trip
+    # count follows the RoIs that need it, no conditionals (accelerators).
+    'roi_align_strategy': dict(cpu='chunked', gpu='tiered', tpu='tiered'),
+    # 'tiled': tile loop that stops after the last valid box (CPU).
+    # 'dense': one (N, N) suppression matrix and a fixed-point loop.
+    'nms_strategy': dict(cpu='tiled', gpu='dense', tpu='dense'),
+    # Training compute dtype (losses, box decoding and NMS stay float32).
+    # None: the model's own dtype (model.dtype, float32 by default).
+    'train_dtype': dict(cpu=None, gpu='bfloat16', tpu='bfloat16'),
+}
+
+
+def current() -> str:
+  """'cpu' | 'gpu' | 'tpu': $MASKRCNN_JAX_TARGET, else the default backend."""
+  value = os.environ.get(ENV, '').strip().lower()
+  if value:
+    if value not in TARGETS:
+      raise ValueError(f'{ENV}={value!r}: expected one of {TARGETS}')
+    return value
+  backend = jax.default_backend()
+  if backend in ('gpu', 'cuda', 'rocm'):
+    return 'gpu'
+  return backend if backend in TARGETS else 'cpu'
+
+
+def resolve(key: str, value: str, target: str = None):
+  """`value`, or the target's default for `key` when `value` is 'auto'."""
+  if value != 'auto':
+    return value
+  if key not in _DEFAULTS:
+    raise ValueError(f'no target default for {key!r}')
+  return _DEFAULTS[key][target or current()]
+
+
+_EMULATED = []
+
+
+def emulate_target_lowering() -> bool:
+  """Lowers like the target when compiling for it on a CPU backend.
+
+  JAX lowers threefry (the PRNG) with rolled 5-trip loops on CPU only; GPU
+  and TPU get the unrolled form. When MASKRCNN_JAX_TARGET names an
+  accelerator but the backend is the CPU (inspecting the accelerator
+  program here), the unrolled lowering is registered for the CPU too, so the
+  compiled program has the loop structure the target would get. Same
+  random bits. Idempotent; returns whether the emulation is active.
+  """
+  if _EMULATED:
+    return True
+  if current() == 'cpu' or jax.default_backend() != 'cpu':
+    return False
+  try:
+    # pylint: disable=import-outside-toplevel,protected-access
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as threefry
+    mlir.register_lowering(threefry.threefry2x32_p,
+                           threefry._threefry2x32_lowering_rule,
+                           platform='cpu')
+  except (ImportError, AttributeError):
+    return False
+  _EMULATED.append(True)
+  return True
