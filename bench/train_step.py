@@ -22,7 +22,9 @@ import jax
 import numpy as np
 
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax.data import transforms
 from maskrcnn_jax.models import build as build_lib
+from maskrcnn_jax.ops import mask_targets
 from maskrcnn_jax.train import losses
 from maskrcnn_jax.train import optim
 from maskrcnn_jax.train import state as state_lib
@@ -40,13 +42,23 @@ def synthetic_batch(config, n_images, canvas=(800, 1344), num_gt=10, seed=0):
   valid[:, :num_gt] = True
   labels = np.where(valid, rng.integers(0, config.model.num_classes,
                                         (n_images, m)), -1).astype(np.int32)
-  masks = np.zeros((n_images, m, s, s), np.uint8)
-  masks[:, :num_gt, s // 4:3 * s // 4, s // 4:3 * s // 4] = 255
-  return dict(images=rng.integers(0, 255, (n_images, h, w, 3), np.uint8),
-              image_hw=np.tile([[800, 1199]], (n_images, 1)).astype(np.int32),
-              pad_hw=np.tile([[800, 1216]], (n_images, 1)).astype(np.int32),
-              gt_boxes=boxes, gt_labels=labels, gt_valid=valid,
-              gt_masks=masks)
+  batch = dict(images=rng.integers(0, 255, (n_images, h, w, 3), np.uint8),
+               image_hw=np.tile([[800, 1199]], (n_images, 1)).astype(np.int32),
+               pad_hw=np.tile([[800, 1216]], (n_images, 1)).astype(np.int32),
+               gt_boxes=boxes, gt_labels=labels, gt_valid=valid)
+  if mask_targets.training_mask_mode(config) == 'exact':
+    # Full canvas bitmaps (the middle half of each box), bit-packed.
+    bitmaps = np.zeros((n_images, m, h, w), bool)
+    for i, j in zip(*np.nonzero(valid)):
+      x0, y0, x1, y1 = boxes[i, j]
+      qx, qy = (x1 - x0) / 4, (y1 - y0) / 4
+      bitmaps[i, j, int(y0 + qy):int(y1 - qy), int(x0 + qx):int(x1 - qx)] = 1
+    batch['gt_bitmaps'] = transforms.pack_bitmaps(bitmaps)
+  else:
+    masks = np.zeros((n_images, m, s, s), np.uint8)
+    masks[:, :num_gt, s // 4:3 * s // 4, s // 4:3 * s // 4] = 255
+    batch['gt_masks'] = masks
+  return batch
 
 
 def peak_memory_gib():

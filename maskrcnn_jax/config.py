@@ -16,6 +16,7 @@ import difflib
 import importlib.util
 import json
 import os
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 import ml_collections
@@ -405,6 +406,42 @@ def add_override_argument(parser) -> None:
                       help='deprecated alias of --config.KEY=VALUE, which '
                            'overrides a config field (e.g. '
                            '--config.test.score_thr=0.1)')
+
+
+_CONFIG_HELP = 'config file or row name, e.g. configs/r50_fpn_1x.py or r50_fpn_1x'
+
+
+def add_model_arguments(parser, *, config_required: bool = False,
+                        checkpoint_help: str = 'MMDetection .pth or '
+                                               'checkpoint directory',
+                        dtype: bool = False) -> None:
+  """The model arguments every command shares.
+
+  --config (required, or by default the config stored in the checkpoint
+  directory), --checkpoint, with `dtype` --dtype, and the deprecated
+  --config-override alias. Parse with `parse_known_config_args`.
+  """
+  parser.add_argument(
+      '--config', required=config_required, default=None,
+      help=_CONFIG_HELP if config_required else
+      _CONFIG_HELP + ' (default: the config stored in the checkpoint '
+      'directory)')
+  parser.add_argument('--checkpoint', required=True, help=checkpoint_help)
+  if dtype:
+    parser.add_argument('--dtype', default=None,
+                        choices=['float32', 'bfloat16', 'float16'],
+                        help='compute dtype (default: the config\'s)')
+  add_override_argument(parser)
+
+
+def parse_config_args(parser, argv: Optional[Sequence[str]]):
+  """(namespace, overrides): `--config.a.b=v` flags split out of argv (or
+  sys.argv[1:]), the rest parsed by `parser`; overrides include the
+  deprecated --config-override values."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  argv, overrides = split_config_flags(argv)
+  args = parser.parse_args(argv)
+  return args, overrides + list(getattr(args, 'config_override', []))
 
 
 def _tuples(x):

@@ -95,6 +95,32 @@ def test_split_config_flags():
   assert overrides == ['test.score_thr=0.1', 'model.num_classes=3']
 
 
+def test_model_arguments_shared_by_the_commands():
+  """demo/eval/convert/loss_report parse --config/--checkpoint/--dtype and
+  the overrides alike: --config.a.b=v flags, then the deprecated alias."""
+  import argparse
+  from maskrcnn_jax.cli import demo as demo_cli
+  from maskrcnn_jax.cli import eval as eval_cli
+  p = argparse.ArgumentParser()
+  config_lib.add_model_arguments(p, dtype=True)
+  args, overrides = config_lib.parse_config_args(p, [
+      '--checkpoint', 'ck', '--config.test.score_thr=0.1',
+      '--config-override', 'model.num_classes=3', '--dtype', 'bfloat16'])
+  assert (args.config, args.checkpoint, args.dtype) == (None, 'ck',
+                                                       'bfloat16')
+  assert overrides == ['test.score_thr=0.1', 'model.num_classes=3']
+  for parse in (demo_cli.parse_args, eval_cli.parse_args):
+    extra = ['--input', 'i', '--out-dir', 'o'] if parse is demo_cli.parse_args else []
+    args, overrides = parse(['--checkpoint', 'ck', '--config', 'r50_fpn_1x',
+                             '--config.test.score_thr', '0.2'] + extra)
+    assert (args.config, args.checkpoint) == ('r50_fpn_1x', 'ck')
+    assert overrides == ['test.score_thr=0.2']
+  strict = argparse.ArgumentParser()
+  config_lib.add_model_arguments(strict, config_required=True)
+  with pytest.raises(SystemExit):
+    config_lib.parse_config_args(strict, ['--checkpoint', 'ck'])
+
+
 def test_config_dict_round_trip():
   c = config_lib.load_config('quickstart', ['model.num_classes=3'])
   back = config_lib.config_from_dict(config_lib.config_to_dict(c))

@@ -185,35 +185,7 @@ def test_random_multilevel_matches_reference(out_size, strategy):
   The second image's valid map is smaller than the canvas: cells past it
   must be treated as absent (mmcv sees a smaller padded batch).
   """
-  rng = np.random.default_rng(1)
-  strides = [4, 8, 16, 32]
-  canvas = (256, 320)
-  features = [rng.normal(size=(2, canvas[0] // s, canvas[1] // s, 5))
-              .astype(np.float32) for s in strides]
-  pad_hw = np.array([[256, 320], [192, 224]])
-  valid_hw = np.stack([np.ceil(pad_hw / s) for s in strides],
-                      axis=1).astype(np.int32)
-  img_hw = np.array([[250, 318], [180, 220]], np.float32)
-  boxes, batch = [], []
-  for _ in range(60):
-    b = rng.integers(2)
-    h, w = img_hw[b]
-    kind = rng.integers(4)
-    if kind == 0:   # elongated wide
-      bw, bh = rng.uniform(100, w), rng.uniform(1, 12)
-    elif kind == 1:  # elongated tall
-      bw, bh = rng.uniform(1, 12), rng.uniform(100, h)
-    elif kind == 2:  # small
-      bw, bh = rng.uniform(0.5, 40, size=2)
-    else:
-      bw, bh = rng.uniform(20, min(w, h), size=2)
-    x1 = rng.uniform(0, max(w - bw, 1e-3))
-    y1 = rng.uniform(0, max(h - bh, 1e-3))
-    box = np.clip([x1, y1, x1 + bw, y1 + bh], 0, [w, h, w, h])
-    boxes.append(box)
-    batch.append(b)
-  boxes = np.asarray(boxes, np.float32)
-  batch = np.asarray(batch, np.int32)
+  features, boxes, batch, valid_hw, strides = _random_multilevel_case()
   out = _run(features, boxes, batch, valid_hw, out_size, strides,
              chunk_size=16, strategy=strategy)
   levels = np.asarray(ra.map_roi_levels(jnp.asarray(boxes), 4))

@@ -92,16 +92,18 @@ def test_analyze_logs_load_and_errors(tmp_path):
   series = log_analysis.load_log(log)
   assert [s for s, _ in series['val/bbox_mAP']] == [20, 40]
   assert len(series['loss_cls']) == 8 and 'step' not in series
-  # Unknown key: exit 1 and the keys the log has.
+  # Unknown key: one line, exit 2 (as every entry point) and the keys the
+  # log has.
   r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, '--keys', 'loss_clss',
            '--out', str(tmp_path / 'x.png'))
-  assert r.returncode == 1 and 'loss_cls' in r.stderr
+  assert r.returncode == 2 and 'loss_cls' in r.stderr
+  assert r.stderr.count('\n') == 1 and r.stderr.startswith('error: ')
   assert not (tmp_path / 'x.png').exists()
   r = _run('-m', 'tools.analyze_logs', 'plot_curve', log, '--keys', 'loss_cls',
            '--legend', 'a', 'b', '--out', str(tmp_path / 'x.png'))
-  assert r.returncode == 1 and '--legend' in r.stderr
+  assert r.returncode == 2 and '--legend' in r.stderr
   r = _run('-m', 'tools.analyze_logs', 'plot_curve', str(tmp_path / 'nope.jsonl'))
-  assert r.returncode == 1 and 'not found' in r.stderr
+  assert r.returncode == 2 and 'not found' in r.stderr
 
 
 def test_analyze_logs_cal_train_time(tmp_path):

@@ -8,16 +8,10 @@ tools/analysis_tools/analyze_logs.py.
       --out ap.png
   python -m tools.analyze_logs cal_train_time WORKDIR/metrics.jsonl
 
-metrics.jsonl (written by train.py) has one JSON object per line: 'step',
-the losses ('total_loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls',
-'loss_bbox', 'loss_mask', 'acc'), 'lr' and 'images_per_sec' every
-train.log_every steps, and the evaluation metrics ('val/bbox_mAP',
-'val/segm_mAP', ...) on separate lines at each evaluation. A key is plotted
-against 'step' from every line that has it; keys are drawn in one figure
-(one curve per log and key). A run resumed in the same workdir appends to
-the same file; a step logged twice keeps its last value.
+The log format (metrics.jsonl, written by train.py) and how keys are read
+are described in `maskrcnn_jax.log_analysis`, the library side.
 (From the repository root; `python tools/analyze_logs.py` where the package
-is installed. The library side is `maskrcnn_jax.log_analysis`.)
+is installed.)
 """
 
 import argparse
@@ -51,18 +45,15 @@ def main(argv=None) -> int:
   ct.add_argument('--batch-size', type=int, default=None,
                   help='global batch (default: from config.json)')
   args = p.parse_args(argv)
-  try:
-    logs = [load_log(path) for path in args.json_logs]
-    if args.task == 'plot_curve':
-      plot_curve(logs, [run_name(x) for x in args.json_logs], args.keys,
-                 args.legend, args.title, args.out, args.backend,
-                 args.log_y, args.start_step)
-    else:
-      cal_train_time(args.json_logs, logs, args.batch_size)
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f'error: {e.args[0] if isinstance(e, KeyError) else e}',
-          file=sys.stderr)
-    return 1
+  # A missing log, key or bad legend: one line `error: ...`, status 2
+  # (errors.main_guard), as in every entry point.
+  logs = [load_log(path) for path in args.json_logs]
+  if args.task == 'plot_curve':
+    plot_curve(logs, [run_name(x) for x in args.json_logs], args.keys,
+               args.legend, args.title, args.out, args.backend,
+               args.log_y, args.start_step)
+  else:
+    cal_train_time(args.json_logs, logs, args.batch_size)
   return 0
 
 

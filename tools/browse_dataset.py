@@ -27,12 +27,9 @@ import sys
 from maskrcnn_jax import browse
 from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import errors
-from maskrcnn_jax.data import coco
 
 
 def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  argv, overrides = config_lib.split_config_flags(argv)
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--ann', required=True, help='COCO annotation JSON')
   p.add_argument('--images', required=True, help='image folder')
@@ -40,25 +37,21 @@ def main(argv=None) -> int:
   p.add_argument('--max-images', type=int, default=None)
   p.add_argument('--config', default=None,
                  help='config file or row name (needed for --train-pipeline)')
-  p.add_argument('--config-override', action='append', default=[],
-                 help='a.b=value, repeatable (or --config.a.b=value)')
+  config_lib.add_override_argument(p)
   p.add_argument('--train-pipeline', action='store_true',
                  help='show the transformed training examples')
   p.add_argument('--seed', type=int, default=0,
                  help='seed of the random scale/flip draws')
-  args = p.parse_args(argv)
+  args, overrides = config_lib.parse_config_args(p, argv)
   if args.train_pipeline and not args.config:
     p.error('--train-pipeline needs --config')
   config = None
   if args.train_pipeline:
-    config = config_lib.load_config(args.config,
-                                    overrides + args.config_override)
-  try:
-    browse.browse_dataset(args.ann, args.images, args.out_dir,
-                          args.max_images, config, args.seed)
-  except (FileNotFoundError, coco.CocoFormatError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    config = config_lib.load_config(args.config, overrides)
+  # A missing file or malformed annotations: one line `error: ...`,
+  # status 2 (errors.main_guard).
+  browse.browse_dataset(args.ann, args.images, args.out_dir,
+                        args.max_images, config, args.seed)
   return 0
 
 

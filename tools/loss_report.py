@@ -24,21 +24,17 @@ from maskrcnn_jax.train import loss_report
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--config', required=True)
-  p.add_argument('--checkpoint', required=True,
-                 help='MMDetection .pth or converted checkpoint directory')
+  config_lib.add_model_arguments(
+      p, config_required=True,
+      checkpoint_help='MMDetection .pth or converted checkpoint directory')
   p.add_argument('--ann', required=True, help='COCO annotation JSON')
   p.add_argument('--images', required=True, help='image folder')
   p.add_argument('--deterministic-sampling', action='store_true')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--file-names', nargs='*', default=None,
                  help='only these images (file_name in the annotations)')
-  config_lib.add_override_argument(p)
-  argv, overrides = config_lib.split_config_flags(
-      sys.argv[1:] if argv is None else argv)
-  args = p.parse_args(argv)
-  config = config_lib.load_config(args.config,
-                                  overrides + args.config_override)
+  args, overrides = config_lib.parse_config_args(p, argv)
+  config = config_lib.load_config(args.config, overrides)
   report = loss_report.loss_report(config, args.checkpoint, args.ann,
                                    args.images, args.deterministic_sampling,
                                    args.seed, args.file_names)

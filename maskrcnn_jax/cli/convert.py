@@ -31,11 +31,9 @@ def _parser() -> argparse.ArgumentParser:
       prog='maskrcnn-convert',
       description='Convert an MMDetection Mask R-CNN checkpoint (.pth) into a '
                   'maskrcnn_jax inference checkpoint directory.')
-  p.add_argument('--config', required=True,
-                 help='config file or row name, e.g. configs/r50_fpn_1x.py '
-                      'or r50_fpn_1x')
-  p.add_argument('--checkpoint', required=True,
-                 help='MMDetection .pth file (2.x or 3.x)')
+  config_lib.add_model_arguments(
+      p, config_required=True,
+      checkpoint_help='MMDetection .pth file (2.x or 3.x)')
   p.add_argument('--out', required=True,
                  help='output directory (must not exist unless --overwrite)')
   p.add_argument('-v', '--verbose', action='store_true',
@@ -45,14 +43,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--no-strict', dest='strict', action='store_false',
                  help='skip the check against the model built from the '
                       'config (not recommended)')
-  config_lib.add_override_argument(p)
   return p
 
 
 def _main(argv: Sequence[str]) -> int:
-  argv, overrides = config_lib.split_config_flags(argv)
-  args = _parser().parse_args(argv)
-  overrides += args.config_override
+  args, overrides = config_lib.parse_config_args(_parser(), argv)
   config = config_lib.load_config(args.config, overrides)
 
   def show_plan(state_dict, plan):

@@ -24,25 +24,15 @@ from maskrcnn_jax import errors
 
 def parse_args(argv):
   """(argparse namespace, overrides) of the command line."""
-  argv, overrides = config_lib.split_config_flags(argv)
   p = argparse.ArgumentParser(prog='maskrcnn-demo',
                               description=__doc__.split('\n')[0])
-  p.add_argument('--config', default=None,
-                 help='config file or row name (default: the config stored '
-                      'in the checkpoint directory)')
-  p.add_argument('--checkpoint', required=True,
-                 help='MMDetection .pth or checkpoint directory')
+  config_lib.add_model_arguments(p, dtype=True)
   p.add_argument('--input', required=True, help='image file or folder')
   p.add_argument('--out-dir', required=True, help='output folder')
   p.add_argument('--score-thr', type=float, default=0.3,
                  help='minimum score of drawn detections (default 0.3)')
   p.add_argument('--batch-size', type=int, default=1)
-  p.add_argument('--dtype', default=None,
-                 choices=['float32', 'bfloat16', 'float16'],
-                 help='compute dtype (default: the config\'s)')
-  config_lib.add_override_argument(p)
-  args = p.parse_args(argv)
-  return args, overrides + args.config_override
+  return config_lib.parse_config_args(p, argv)
 
 
 def _main(argv) -> int:

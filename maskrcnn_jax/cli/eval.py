@@ -35,14 +35,9 @@ Log = evaluation.Log
 
 def parse_args(argv):
   """(argparse namespace, overrides) of the command line."""
-  argv, overrides = config_lib.split_config_flags(argv)
   p = argparse.ArgumentParser(prog='maskrcnn-eval',
                               description=__doc__.split('\n')[0])
-  p.add_argument('--config', default=None,
-                 help='config file or row name (default: the config stored '
-                      'in the checkpoint directory)')
-  p.add_argument('--checkpoint', required=True,
-                 help='MMDetection .pth or checkpoint directory')
+  config_lib.add_model_arguments(p, dtype=True)
   p.add_argument('--ann', default=None,
                  help='COCO-format annotation file (default: the config\'s '
                       'data.val_ann)')
@@ -68,17 +63,12 @@ def parse_args(argv):
   p.add_argument('--workers', type=int, default=None,
                  help='processes for mask pasting/encoding (default: half '
                       'the CPUs, at most 8; 0: none)')
-  p.add_argument('--dtype', default=None,
-                 choices=['float32', 'bfloat16', 'float16'],
-                 help='compute dtype (default: the config\'s)')
-  config_lib.add_override_argument(p)
   p.add_argument('--skip-bad-images', action='store_true',
                  help='evaluate without the images that cannot be read '
                       '(else they stop the run); listed in metrics.json')
   p.add_argument('--no-progress', dest='progress', action='store_false',
                  help='no progress bar')
-  args = p.parse_args(argv)
-  return args, overrides + args.config_override
+  return config_lib.parse_config_args(p, argv)
 
 
 def run_eval(config_path: Optional[str], checkpoint: str,

@@ -117,6 +117,17 @@ STRATEGIES = ('tiled', 'dense')
 DENSE_STEPS = 4
 
 
+def _check_nms_inputs(boxes, valid):
+  """(boxes (N, 4) float32, valid (N,) bool), or ValueError naming shapes."""
+  boxes = jnp.asarray(boxes, jnp.float32)
+  valid = jnp.asarray(valid, bool)
+  n = boxes.shape[0] if boxes.ndim else 0
+  if boxes.shape != (n, 4) or valid.shape != (n,):
+    raise ValueError(f'Expected boxes (N, 4) and valid (N,), got {boxes.shape} '
+                     f'and {valid.shape}.')
+  return boxes, valid
+
+
 def nms_keep_sorted_dense(boxes: jax.Array, valid: jax.Array,
                           iou_threshold: ArrayLike,
                           steps: int = DENSE_STEPS) -> jax.Array:
@@ -141,12 +152,8 @@ def nms_keep_sorted_dense(boxes: jax.Array, valid: jax.Array,
   Returns:
     `(N,)` bool keep mask.
   """
-  boxes = jnp.asarray(boxes, jnp.float32)
-  valid = jnp.asarray(valid, bool)
+  boxes, valid = _check_nms_inputs(boxes, valid)
   n = boxes.shape[0]
-  if boxes.shape != (n, 4) or valid.shape != (n,):
-    raise ValueError(f'Expected boxes (N, 4) and valid (N,), got {boxes.shape} '
-                     f'and {valid.shape}.')
   if n == 0:
     return jnp.zeros((0,), bool)
   thr = jnp.asarray(iou_threshold, jnp.float32)
@@ -211,12 +218,8 @@ def nms_keep_sorted(boxes: jax.Array,
                      f'{strategy!r}')
   if strategy == 'dense':
     return nms_keep_sorted_dense(boxes, valid, iou_threshold)
-  boxes = jnp.asarray(boxes, jnp.float32)
-  valid = jnp.asarray(valid, bool)
+  boxes, valid = _check_nms_inputs(boxes, valid)
   n = boxes.shape[0]
-  if boxes.shape != (n, 4) or valid.shape != (n,):
-    raise ValueError(f'Expected boxes (N, 4) and valid (N,), got {boxes.shape} '
-                     f'and {valid.shape}.')
   if n == 0:
     return jnp.zeros((0,), bool)
   if tile_size < 1:
