@@ -150,10 +150,11 @@ def test_browse_dataset_train_pipeline(tiny_set, tmp_path):
   out = tmp_path / 'train'
   r = _run('-m', 'tools.browse_dataset', '--ann', ann, '--images',
            os.path.join(tiny_set, 'train'), '--out-dir', str(out),
-           '--config', 'configs/quickstart.py', '--train-pipeline')
+           '--config', 'configs/quickstart.py', '--train-pipeline',
+           '--config.input.canvases=((192, 256), (256, 192))')
   assert r.returncode == 0, r.stderr
   assert len(os.listdir(out)) == 3
-  canvases = {(256, 320), (320, 256)}  # quickstart's fixed canvases (H, W)
+  canvases = {(192, 256), (256, 192)}  # the fixed canvases given (H, W)
   for name in os.listdir(out):
     image = _assert_drawn_png(out / name)
     assert image.shape[:2] in canvases
@@ -167,8 +168,9 @@ def test_browse_train_pastes_compact_masks(tiny_set):
   """The pasted compact masks cover the transformed GT boxes' shapes."""
   from maskrcnn_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.data import coco, transforms  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config('configs/quickstart.py',
-                                  ['train.flip_prob=0.0'])
+  config = config_lib.load_config(
+      'configs/quickstart.py',
+      ['train.flip_prob=0.0', 'input.canvases=((192, 256), (256, 192))'])
   cfg = transforms.TransformConfig.from_config(config, train=True)
   dataset = coco.load_coco(
       os.path.join(tiny_set, 'annotations', 'instances_train.json'),

@@ -27,8 +27,8 @@ MMDET_CONFIG_ROOT = ('https://github.com/open-mmlab/mmdetection/blob/v3.3.0/'
 NOT_MEASURED = 'not measured (no COCO val / weights in this environment)'
 # The quick start's figures as measured and stated in README.md (a test
 # checks that README.md still says them).
-QUICKSTART = dict(bbox_map=0.309, segm_map=0.289, minutes=11.5, steps=1188,
-                  images_per_sec=7.3)
+QUICKSTART = dict(bbox_map=0.275, segm_map=0.291, minutes=9.2, steps=800,
+                  images_per_sec=6.8)
 
 
 def backbone_name(config) -> str:
@@ -138,6 +138,11 @@ def render() -> str:
         f'[commands](#{r.name}) |')
   q = config_lib.load_config(os.path.join(REPO, 'configs', 'quickstart.py'))
   qs = QUICKSTART
+  gn_parts = [name for name, part in (('backbone', q.model.backbone),
+                                       ('FPN', q.model.neck),
+                                       ('mask head', q.model.roi))
+              if part.norm == 'GN']
+  norm = ('GroupNorm in ' + ', '.join(gn_parts)) if gn_parts else 'frozen BN'
   lines += [
       '',
       '## Quick start (measured here)',
@@ -151,7 +156,8 @@ def render() -> str:
       '|---|---|---|---|---|---|---|---|---|',
       f'| [`configs/quickstart.py`](configs/quickstart.py) | '
       f'R-{q.model.backbone.depth} at {q.model.backbone.base_channels}/64 '
-      f'width, {q.model.neck.out_channels}-channel FPN, from scratch | '
+      f'width, {q.model.neck.out_channels}-channel FPN, {norm}, from '
+      f'scratch | '
       f'{q.model.num_classes} shapes | '
       f'{q.input.test_scale[0]}x{q.input.test_scale[1]} | '
       f'{qs["steps"]} steps, batch {q.train.global_batch_size} | '

@@ -8,7 +8,8 @@ writes
     DIR/annotations/instances_train.json, DIR/annotations/instances_val.json
     DIR/train/*.jpg, DIR/val/*.jpg
 
-Images are landscape (S x 3S/4) or portrait (3S/4 x S) with a noisy
+Images are landscape (S x 3S/4) or portrait (3S/4 x S; `landscape_fraction`
+sets the mix, half and half by default) with a noisy
 background and 2-8 filled shapes of 6 classes (circle, square, triangle,
 ellipse, hexagon, star) whose COCO category ids have gaps
 (`CATEGORY_IDS`). Later shapes are painted over earlier ones, so instances
@@ -80,11 +81,11 @@ def _uncompressed_rle(mask: np.ndarray) -> Dict:
 
 
 def make_image(rng: np.random.Generator, image_size: int, image_id: int,
-               first_ann_id: int):
+               first_ann_id: int, landscape_fraction: float = 0.5):
   """One image (BGR uint8) and its annotation dicts."""
   long_side = int(image_size)
   short_side = max(int(round(image_size * 0.75)), 1)
-  if rng.random() < 0.5:
+  if rng.random() < landscape_fraction:
     h, w = short_side, long_side
   else:
     h, w = long_side, short_side
@@ -153,7 +154,8 @@ def make_image(rng: np.random.Generator, image_size: int, image_id: int,
 
 def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
                    seed: int = 0, image_format: str = 'jpg',
-                   first_image_id: int = 1) -> str:
+                   first_image_id: int = 1,
+                   landscape_fraction: float = 0.5) -> str:
   """Writes one split; returns its annotation file path."""
   if image_format not in ('jpg', 'png'):
     raise ValueError(f'image_format must be jpg or png, got {image_format!r}')
@@ -168,7 +170,8 @@ def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
   for i in range(num_images):
     rng = np.random.default_rng([seed, _SPLITS.get(split, 2), i])
     image_id = first_image_id + i
-    image, anns = make_image(rng, image_size, image_id, ann_id)
+    image, anns = make_image(rng, image_size, image_id, ann_id,
+                             landscape_fraction)
     ann_id += len(anns) + 1  # leave gaps in annotation ids too
     name = f'{split}_{image_id:06d}.{image_format}'
     ok, buf = cv2.imencode('.' + image_format, image, params)
@@ -191,13 +194,19 @@ def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
 
 
 def generate(out_dir: str, num_train: int, num_val: int, image_size: int,
-             seed: int = 0, image_format: str = 'jpg') -> Dict[str, str]:
-  """Writes the train and val splits; returns {split: annotation file}."""
+             seed: int = 0, image_format: str = 'jpg',
+             landscape_fraction: float = 0.5) -> Dict[str, str]:
+  """Writes the train and val splits; returns {split: annotation file}.
+
+  landscape_fraction: the share of landscape images (the others are
+  portrait); 1.0 gives one image shape, hence one canvas to compile for.
+  """
   out = {}
   for split, n, first in (('train', num_train, 1),
                           ('val', num_val, 1_000_001)):
     out[split] = generate_split(out_dir, split, n, image_size, seed,
-                                image_format, first_image_id=first)
+                                image_format, first_image_id=first,
+                                landscape_fraction=landscape_fraction)
   return out
 
 
@@ -210,11 +219,17 @@ def main(argv: Optional[List[str]] = None) -> None:
                  help='long side in pixels (short side = 3/4 of it)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--format', default='jpg', choices=('jpg', 'png'))
+  p.add_argument('--landscape-fraction', type=float, default=0.5,
+                 help='share of landscape images, the rest portrait '
+                      '(default 0.5)')
   a = p.parse_args(argv)
   if a.num_train < 0 or a.num_val < 0 or a.image_size < 8:
     p.error('need --num-train/--num-val >= 0 and --image-size >= 8')
+  if not 0.0 <= a.landscape_fraction <= 1.0:
+    p.error(f'--landscape-fraction must be in [0, 1], got '
+            f'{a.landscape_fraction}')
   paths = generate(a.out, a.num_train, a.num_val, a.image_size, a.seed,
-                   a.format)
+                   a.format, a.landscape_fraction)
   for split, path in paths.items():
     print(f'{split}: {path}')
 

@@ -86,9 +86,14 @@ def _dummy_inputs(batch: int = 1, size: int = 64):
 
 
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array):
-  """Randomly initialised variables {'params', 'batch_stats'}."""
+  """Randomly initialised variables {'params', 'batch_stats'}.
+
+  `model.init` is jitted: one compiled program (cached by the persistent
+  compilation cache when one is configured) instead of hundreds of eager
+  op-by-op dispatches (16-26 s for ResNet-50 on 2 CPU cores).
+  """
   model = build_model(config)
-  variables = dict(model.init(rng, *_dummy_inputs()))
+  variables = dict(jax.jit(model.init)(rng, *_dummy_inputs()))
   variables.setdefault('batch_stats', {})  # none when every norm is GN
   return variables
 

@@ -93,19 +93,33 @@ class GroupNorm(nn.Module):
     scale = self.param('scale', init, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     xf = x.astype(jnp.float32)
-    xg = xf.reshape(x.shape[:-1] + (g, c // g))
-    axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
-    if pad_hw is None or x.ndim != 4:
-      mean = jnp.mean(xg, axis=axes, keepdims=True)
-      var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+    if x.ndim != 4:
+      xg = xf.reshape(x.shape[:-1] + (g, c // g))
+      mean = jnp.mean(xg, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(xg - mean), axis=-1, keepdims=True)
+      y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+      return (y * scale + bias).astype(self.dtype)
+    # Two-pass statistics from per-channel sums over (H, W), then over each
+    # group's C / G channels: the same mean and variance as reducing the
+    # (B, H, W, G, C/G) view, without a strided reduction (~5x faster on
+    # CPU, forward and backward).
+    b, h, w, _ = x.shape
+    if pad_hw is None:
+      m = None
+      count = jnp.float32(h * w * (c // g))
     else:
-      m = valid_mask(pad_hw, x.shape[1:3], stride)[..., None].astype(
-          jnp.float32)  # (B, H, W, 1, 1)
-      count = jnp.sum(m, axis=(1, 2), keepdims=True) * (c // g)
-      mean = jnp.sum(xg * m, axis=axes, keepdims=True) / count
-      var = jnp.sum(jnp.square(xg - mean) * m, axis=axes,
-                    keepdims=True) / count
-    y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+      m = valid_mask(pad_hw, (h, w), stride).astype(jnp.float32)
+      count = jnp.sum(m, axis=(1, 2, 3))[:, None] * (c // g)  # (B, 1)
+
+    def group_total(per_channel):  # (B, C) -> (B, C): its group's sum
+      sums = per_channel.reshape(b, g, c // g).sum(-1)
+      return jnp.repeat(sums, c // g, axis=1)
+
+    masked = lambda v: v if m is None else v * m
+    mean = group_total(jnp.sum(masked(xf), axis=(1, 2))) / count
+    d = xf - mean[:, None, None, :]
+    var = group_total(jnp.sum(masked(jnp.square(d)), axis=(1, 2))) / count
+    y = d * jax.lax.rsqrt(var + self.eps)[:, None, None, :]
     return (y * scale + bias).astype(self.dtype)
 
 

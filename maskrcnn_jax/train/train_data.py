@@ -28,7 +28,8 @@ def ensure_synthetic(config: ml_collections.ConfigDict) -> None:
   if jax.process_index() == 0:
     log.info('generating the synthetic dataset in %s', d.root)
     synthetic.generate(d.root, s.num_train, s.num_val, s.image_size,
-                       seed=s.seed)
+                       seed=s.seed,
+                       landscape_fraction=s.get('landscape_fraction', 0.5))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('synthetic dataset written')
