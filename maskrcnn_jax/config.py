@@ -183,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
       rcnn_num_samples=512,
       rcnn_pos_fraction=0.25,
       mask_size=28,
+      # Positive RoIs the mask head runs on per loop iteration (only the
+      # real positives are computed; results do not depend on it).
+      mask_chunk=64,
       # Optimisation (SGD, linear scaling from a global batch of 16).
       global_batch_size=16,
       base_lr=0.02,

@@ -323,14 +323,30 @@ class MaskRCNN(nn.Module):
     """RoIAlign of (B, N, 4) rois on P2..P5 -> (B, N, S, S, C)."""
     b, n = rois.shape[:2]
     batch_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
-    pooled = roi_ops.multilevel_roi_align(
-        feats[:len(self.roi_strides)], rois.reshape(-1, 4), batch_index,
+    pooled = self.roi_features_flat(feats, rois.reshape(-1, 4), batch_index,
+                                    pad_hw, output_size)
+    return pooled.reshape((b, n) + pooled.shape[1:])
+
+  def roi_maps(self, feats) -> roi_ops.FlatLevels:
+    """The RoI levels P2..P5 of `feats` flattened for RoIAlign; pass them
+    as `feats` to every RoI method of a step to flatten only once."""
+    if isinstance(feats, roi_ops.FlatLevels):
+      return feats
+    return roi_ops.flatten_levels(feats[:len(self.roi_strides)])
+
+  def roi_features_flat(self, feats, rois, batch_index, pad_hw,
+                        output_size):
+    """RoIAlign of (R, 4) rois of images batch_index (R,) -> (R, S, S, C).
+
+    feats: the FPN levels or their `roi_maps`.
+    """
+    return roi_ops.multilevel_roi_align(
+        self.roi_maps(feats), rois, batch_index,
         level_valid_hw(pad_hw, self.roi_strides), output_size=output_size,
         strides=self.roi_strides, finest_scale=self.finest_scale,
         chunk_size=self.roi_align_chunk,
         precision=self.precision or jax.lax.Precision.HIGHEST,
         strategy=self.roi_align_strategy)
-    return pooled.reshape((b, n) + pooled.shape[1:])
 
   def box_head(self, feats, rois, pad_hw):
     """(B, N, 4) rois -> (B, N, K+1) logits and (B, N, 4K) deltas."""
@@ -365,6 +381,7 @@ class MaskRCNN(nn.Module):
     """
     feats = self.features(images, image_hw, pad_hw)
     rois, _, roi_valid = self.proposals(feats, image_hw, pad_hw)
+    feats = self.roi_maps(feats)  # flattened once for both RoIAligns
     cls, reg = self.box_head(feats, rois, pad_hw)
     post = jax.vmap(lambda r, v, c, d, hw: bbox_postprocess(
         r, v, c, d, hw, self.test_cfg, self.bbox_stds, self.nms_algorithm))

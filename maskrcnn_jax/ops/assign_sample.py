@@ -14,11 +14,38 @@ import jax.numpy as jnp
 from maskrcnn_jax.ops import boxes as box_ops
 
 
+def _max_argmax(values, axis: int, also_max=None):
+  """max and first argmax of values along axis (and the max of also_max,
+  same shape, int32), as one variadic reduction that fuses its producers:
+  no (M, N) input is materialised, on CPU either (XLA:CPU hands plain
+  max-reductions to a library kernel that needs its input in memory)."""
+  index = jax.lax.broadcasted_iota(jnp.int32, values.shape, axis)
+  extra = (also_max,) if also_max is not None else ()
+
+  def reducer(a, b):
+    va, ia = a[:2]
+    vb, ib = b[:2]
+    take_b = (vb > va) | ((vb == va) & (ib < ia))
+    out = (jnp.where(take_b, vb, va), jnp.where(take_b, ib, ia))
+    return out + tuple(jnp.maximum(x, y) for x, y in zip(a[2:], b[2:]))
+
+  inits = (jnp.float32(-jnp.inf), jnp.int32(values.shape[axis]))
+  return jax.lax.reduce((values, index) + extra,
+                        inits + (jnp.int32(-1),) * len(extra), reducer,
+                        (axis,))
+
+
 def max_iou_assign(gt_boxes, gt_valid, priors, prior_valid, *,
                    pos_iou_thr: float, neg_iou_thr: float,
                    min_pos_iou: float, match_low_quality: bool = True,
                    gt_max_assign_all: bool = True):
   """`MaxIoUAssigner.assign` for one image.
+
+  The (M, N) IoU matrix (100 x 268k for the RPN at 800 x 1344) is never
+  stored: it is recomputed inside each of two fused reductions, per GT over
+  the priors (its best IoU, for low-quality matches) and per prior over the
+  GTs (best IoU, its GT, the last low-quality match). Both evaluate the same
+  expression on the same inputs, so their IoUs are bit-identical.
 
   Args:
     gt_boxes: (M, 4) XYXY; gt_valid: (M,) bool (padding is False).
@@ -32,28 +59,35 @@ def max_iou_assign(gt_boxes, gt_valid, priors, prior_valid, *,
     gt_inds (N,) int32 (-1 ignore / 0 negative / k+1 positive of GT k) and
     max_overlaps (N,) float32.
   """
-  ious = box_ops.pairwise_iou(gt_boxes, priors)  # (M, N)
-  # Padding GTs overlap nothing (IoU 0): with no GT every prior is negative,
-  # as MMDetection assigns when num_gts == 0.
-  ious = jnp.where(gt_valid[:, None], ious, 0.0)
-  max_overlaps = ious.max(axis=0)
-  argmax = ious.argmax(axis=0)
-  gt_inds = jnp.where((max_overlaps >= 0) & (max_overlaps < neg_iou_thr), 0,
-                      -1)
-  gt_inds = jnp.where(max_overlaps >= pos_iou_thr, argmax + 1, gt_inds)
+  m, n = gt_boxes.shape[0], priors.shape[0]
+
+  def ious_of(boxes):
+    # Padding GTs overlap nothing (IoU 0): with no GT every prior is
+    # negative, as MMDetection assigns when num_gts == 0.
+    return jnp.where(gt_valid[:, None], box_ops.pairwise_iou(boxes, priors),
+                     0.0)
+
+  hit_index = jnp.full((m, n), -1, jnp.int32)
   if match_low_quality:
-    gt_max = jnp.where(prior_valid[None, :], ious, -jnp.inf).max(axis=1)
+    gt_max, gt_argmax = _max_argmax(
+        jnp.where(prior_valid[None, :], ious_of(gt_boxes), -jnp.inf), axis=1)
     eligible = gt_valid & (gt_max >= min_pos_iou)  # (M,)
+  # A copy XLA can not merge with the first IoU expression, so that each
+  # reduction fuses its own (the matrix is then never materialised).
+  ious = ious_of(jax.lax.optimization_barrier(gt_boxes))
+  if match_low_quality:
     if gt_max_assign_all:
       hits = eligible[:, None] & (ious == gt_max[:, None])  # (M, N)
     else:
-      first = jnp.where(prior_valid[None, :], ious, -jnp.inf).argmax(axis=1)
-      hits = eligible[:, None] & (jnp.arange(priors.shape[0])[None, :] ==
-                                  first[:, None])
+      hits = eligible[:, None] & (jnp.arange(n)[None, :] ==
+                                  gt_argmax[:, None])
     # GTs are visited in order, so the last matching GT wins.
-    m = gt_boxes.shape[0]
-    last = jnp.max(jnp.where(hits, jnp.arange(m)[:, None], -1), axis=0)
-    gt_inds = jnp.where(last >= 0, last + 1, gt_inds)
+    hit_index = jnp.where(hits, jnp.arange(m, dtype=jnp.int32)[:, None], -1)
+  max_overlaps, argmax, last = _max_argmax(ious, 0, also_max=hit_index)
+  gt_inds = jnp.where((max_overlaps >= 0) & (max_overlaps < neg_iou_thr), 0,
+                      -1)
+  gt_inds = jnp.where(max_overlaps >= pos_iou_thr, argmax + 1, gt_inds)
+  gt_inds = jnp.where(last >= 0, last + 1, gt_inds)
   gt_inds = jnp.where(prior_valid, gt_inds, -1)
   return gt_inds.astype(jnp.int32), max_overlaps
 

@@ -6,6 +6,7 @@ no +1, as in MMDetection >= 2.0.
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,8 +20,36 @@ def box_area(boxes):
   return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+def opaque(x, zero):
+  """Returns float32 `x` unchanged, hidden from FMA contraction.
+
+  XLA lets LLVM contract a multiply followed by an add into a fused
+  multiply-add, which rounds once instead of twice, and it may do so in one
+  fusion and not in another. `zero` is a uint32 value that is 0 at run time
+  but unknown to the compiler, so the product `x` came from stays rounded
+  on its own (XLA removes `optimization_barrier`s on CPU).
+
+  Args:
+    x: float32 array.
+    zero: uint32 scalar (or broadcastable array) equal to 0 at run time.
+  """
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32) | zero
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def runtime_zero(boxes):
+  """uint32 0 computed from the data (1 only if the first value is NaN)."""
+  first = boxes.reshape(-1)[0]
+  return (first != first).astype(jnp.uint32)
+
+
 def pairwise_iou(boxes1, boxes2, eps=1e-6):
   """IoU matrix as MMDetection's `BboxOverlaps2D` (mode 'iou').
+
+  Every product is rounded on its own, as PyTorch's separate kernels round
+  it (no FMA contraction, see `opaque`), so any two evaluations of this
+  function on the same boxes agree bit for bit, whatever XLA fuses them
+  into.
 
   Args:
     boxes1: (N, 4) XYXY.
@@ -30,12 +59,19 @@ def pairwise_iou(boxes1, boxes2, eps=1e-6):
   Returns:
     (N, M) float32 IoU.
   """
-  area1 = box_area(boxes1)
-  area2 = box_area(boxes2)
+  boxes1 = boxes1.astype(jnp.float32)
+  boxes2 = boxes2.astype(jnp.float32)
+  if boxes1.size == 0 or boxes2.size == 0:
+    return jnp.zeros((boxes1.shape[0], boxes2.shape[0]), jnp.float32)
+  # From both inputs: one of them may be a constant (anchors), which would
+  # let XLA fold the zero and contract again.
+  zero = runtime_zero(boxes1) | runtime_zero(boxes2)
+  area1 = opaque(box_area(boxes1), zero)
+  area2 = opaque(box_area(boxes2), zero)
   lt = jnp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
   rb = jnp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
   wh = jnp.clip(rb - lt, 0)
-  overlap = wh[..., 0] * wh[..., 1]
+  overlap = opaque(wh[..., 0] * wh[..., 1], zero)
   union = jnp.maximum(area1[:, None] + area2[None, :] - overlap, eps)
   return overlap / union
 

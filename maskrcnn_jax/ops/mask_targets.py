@@ -62,8 +62,9 @@ def _area_weights(lo, hi, n: int, src_lo, src_step, src_n: int):
 
 
 def _clip_rois(rois, clip_hw):
-  h = clip_hw[0].astype(jnp.float32)
-  w = clip_hw[1].astype(jnp.float32)
+  """Clips (R, 4) rois to clip_hw: (2,) for all, or (R, 2) per RoI."""
+  h = clip_hw[..., 0].astype(jnp.float32)
+  w = clip_hw[..., 1].astype(jnp.float32)
   return jnp.stack([jnp.clip(rois[:, 0], 0, w), jnp.clip(rois[:, 1], 0, h),
                     jnp.clip(rois[:, 2], 0, w), jnp.clip(rois[:, 3], 0, h)],
                    axis=-1)
@@ -77,7 +78,7 @@ def compact_mask_targets(gt_masks, gt_boxes, rois, gt_index, clip_hw,
     gt_masks: (M, S, S) uint8 coverage (0..255) over each GT box.
     gt_boxes: (M, 4) XYXY boxes the grids cover.
     rois: (R, 4) XYXY positive RoIs; gt_index: (R,) int32 assigned GT.
-    clip_hw: (2,) padded image size.
+    clip_hw: (2,) padded image size, or (R, 2) each RoI's.
 
   Returns:
     (R, out_size, out_size) float32 in {0, 1}.

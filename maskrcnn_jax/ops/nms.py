@@ -36,30 +36,13 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from maskrcnn_jax.ops import boxes as box_ops
+
 ArrayLike = Union[jax.Array, float]
 
 
-def _opaque(x: jax.Array, zero: jax.Array) -> jax.Array:
-  """Returns `x` unchanged, hidden from FMA contraction.
-
-  `zero` is a uint32 value that is 0 at run time but unknown to the compiler,
-  so neither XLA nor LLVM can see that the result is the product that `x`
-  came from, and a following addition stays a separately rounded add.
-
-  Args:
-    x: float32 array.
-    zero: uint32 scalar (or broadcastable array) equal to 0 at run time.
-
-  Returns:
-    `x`, bit for bit.
-  """
-  bits = lax.bitcast_convert_type(x, jnp.uint32) | zero
-  return lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def _runtime_zero(boxes: jax.Array) -> jax.Array:
-  """uint32 0 computed from the data (1 only if `boxes[0, 0]` is NaN)."""
-  return (boxes[0, 0] != boxes[0, 0]).astype(jnp.uint32)
+_opaque = box_ops.opaque
+_runtime_zero = box_ops.runtime_zero
 
 
 def _pairwise_iou(a: Tuple[jax.Array, ...], b: Tuple[jax.Array, ...],

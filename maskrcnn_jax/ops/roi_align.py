@@ -26,11 +26,13 @@ Level assignment is MMDetection's `SingleRoIExtractor.map_roi_levels`:
 
 import functools
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maskrcnn_jax.ops import buffers
 
 DEFAULT_TIERS = (8, 16, 32, 64)
 # Tiers of the 'tiered' strategy (every iteration of its loop runs a chunk of
@@ -271,7 +273,7 @@ def _tiered_backward(cfg, sorted_geom, counts, starts, grad_out):
   """
   tiers, out_size, precision, flat_rows, channels, dtype = cfg
   rows = sorted_geom['base'].shape[0]
-  grad = jnp.zeros((flat_rows, channels), dtype)
+  grad = buffers.zeros_after(grad_out, (flat_rows, channels), dtype)
   steps = _num_steps(tiers, counts)
 
   def body(state):
@@ -351,6 +353,27 @@ def required_top_tier(canvas_maps: Sequence[Sequence[int]],
   return side
 
 
+class FlatLevels(NamedTuple):
+  """FPN levels flattened for RoIAlign (`flatten_levels`).
+
+  flat: (B * T, C) rows, image-major, then level, then y, then x, with
+  T = sum_l H_l * W_l; maps: ((H_l, W_l), ...) per level.
+  """
+  flat: jax.Array
+  maps: Tuple[Tuple[int, int], ...]
+
+
+def flatten_levels(features: Sequence[jax.Array]) -> FlatLevels:
+  """L arrays (B, H_l, W_l, C) -> FlatLevels. Flattening once and passing
+  the result to every `multilevel_roi_align` of a step (box and mask heads)
+  lets autodiff sum their feature gradients into one buffer."""
+  bsz, channels = features[0].shape[0], features[0].shape[-1]
+  flat = jnp.concatenate(
+      [f.reshape(bsz, -1, channels) for f in features], axis=1)
+  return FlatLevels(flat.reshape(-1, channels),
+                    tuple(tuple(f.shape[1:3]) for f in features))
+
+
 def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
                          valid_hw, *, output_size: int,
                          strides: Sequence[int], finest_scale: float = 56.,
@@ -362,7 +385,8 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
   """mmcv RoIAlign(aligned=True, sampling_ratio=0, 'avg') over FPN levels.
 
   Args:
-    features: L arrays (B, H_l, W_l, C), NHWC, on the padded canvas.
+    features: L arrays (B, H_l, W_l, C), NHWC, on the padded canvas, or
+      their `flatten_levels`.
     boxes: (R, 4) XYXY RoIs in input-image pixels; padding RoIs may be
       zero boxes (their output is then meaningless but finite).
     batch_index: (R,) int32 image of each RoI.
@@ -392,17 +416,15 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
   Returns:
     (R, P, P, C) pooled features, in `features`' dtype.
   """
-  num_levels = len(features)
-  bsz = features[0].shape[0]
-  channels = features[0].shape[-1]
-  dtype = features[0].dtype
-  maps = [f.shape[1:3] for f in features]
+  if not isinstance(features, FlatLevels):
+    features = flatten_levels(features)
+  flat, maps = features
+  num_levels = len(maps)
+  channels = flat.shape[-1]
+  dtype = flat.dtype
   sizes = [h * w for h, w in maps]
   offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
   total = int(sum(sizes))
-  flat = jnp.concatenate(
-      [f.reshape(bsz, -1, channels) for f in features], axis=1)
-  flat = flat.reshape(bsz * total, channels)
 
   top = required_top_tier(maps, strides, finest_scale)
 

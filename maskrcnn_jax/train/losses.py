@@ -31,6 +31,7 @@ from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import assign_sample
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import mask_targets
+from maskrcnn_jax.train import mask_loss
 
 LOSS_NAMES = ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox',
               'loss_mask')
@@ -54,9 +55,12 @@ class LossConfig:
   rcnn_num_samples: int = 512
   rcnn_pos_fraction: float = 0.25
   mask_size: int = 28
-  # Static number of positive RoIs that get a mask loss (>= the sampler's
+  # Positive RoIs per image that can get a mask loss (>= the sampler's
   # positives; with sampling disabled a cap, see `mask_rois_overflow`).
+  # Only the real positives are computed, `mask_chunk` at a time
+  # (train.mask_loss); results do not depend on the chunk.
   max_mask_rois: int = 128
+  mask_chunk: int = 64
   # 'exact' (gt_bitmaps (B, M, Hc, Wc / 8) bit-packed canvas bitmaps, exact
   # MMDetection; the training default, see ops.mask_targets), 'compact'
   # (gt_masks (B, M, S, S) over gt_boxes) or 'bitmap' (gt_bitmaps
@@ -93,7 +97,8 @@ def loss_config_from(config, deterministic: bool = False,
       rcnn_pos_iou=t.rcnn_pos_iou, rcnn_neg_iou=t.rcnn_neg_iou,
       rcnn_min_pos_iou=t.rcnn_min_pos_iou, rcnn_num_samples=rcnn_num,
       rcnn_pos_fraction=t.rcnn_pos_fraction, mask_size=t.mask_size,
-      max_mask_rois=max_mask, mask_mode=mask_mode,
+      max_mask_rois=max_mask, mask_chunk=t.get('mask_chunk', 64),
+      mask_mode=mask_mode,
       images_per_group=images_per_group)
 
 
@@ -108,8 +113,7 @@ def _group_mean(num, den, group: int):
                   den.reshape(-1, group).sum(1))
 
 
-def _bce_with_logits(x, z):
-  return jnp.maximum(x, 0) - x * z + jnp.log1p(jnp.exp(-jnp.abs(x)))
+_bce_with_logits = mask_loss.bce_with_logits
 
 
 def _safe_encode(priors, gt, use, stds):
@@ -213,6 +217,9 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
       batch['gt_boxes'], batch['gt_labels'], batch['gt_valid'], proposals,
       proposals_valid, rng)
   rois = jax.lax.stop_gradient(rois)
+  # Flattened once: the box and mask RoIAligns' feature gradients add up in
+  # one buffer.
+  feats = module.roi_maps(feats)
   cls, reg = module.box_head(feats, rois, batch['pad_hw'])
   group = cfg.images_per_group
   first = (jnp.arange(b) % (group or b) == 0).astype(jnp.float32)
@@ -234,37 +241,80 @@ def rcnn_losses(module, feats, batch, proposals, proposals_valid, rng,
   loss_bbox = _group_mean(jnp.sum(jnp.where(is_pos, l1, 0.0), 1), cls_den,
                           group)
 
-  # Mask head on the first max_mask_rois slots (positives come first).
+  # Mask head on the positive RoIs only (the first max_mask_rois of each
+  # image; positives come first), packed over the batch (train.mask_loss).
   k = min(cfg.max_mask_rois, num_slots)
-  mask_rois, mask_pos = rois[:, :k], is_pos[:, :k]
-  mask_gt, mask_labels = assigned[:, :k], labels[:, :k]
-  logits = module.mask_head(feats, mask_rois, batch['pad_hw'])
-  logits = jnp.take_along_axis(
-      logits, jnp.minimum(mask_labels, num_classes - 1)[:, :, None, None,
-                                                        None],
-      axis=-1)[..., 0]
-  if cfg.mask_mode == 'compact':
-    tgt = jax.vmap(lambda gm, gb, r, g, hw: mask_targets.compact_mask_targets(
-        gm, gb, r, g, hw, cfg.mask_size))(
-            batch['gt_masks'], batch['gt_boxes'], mask_rois, mask_gt,
-            batch['pad_hw'])
-  elif cfg.mask_mode in ('bitmap', 'exact'):
-    packed = cfg.mask_mode == 'exact'
-    tgt = jax.vmap(lambda gm, r, g: mask_targets.bitmap_mask_targets(
-        gm, r, g, cfg.mask_size, packed=packed))(
-            batch['gt_bitmaps'], mask_rois, mask_gt)
-  else:
-    raise ValueError(f'unknown mask_mode {cfg.mask_mode!r}')
-  tgt = jax.lax.stop_gradient(tgt)
-  bce = _bce_with_logits(logits, tgt).mean(axis=(-1, -2))
-  num_pos_masks = mask_pos.sum(1).astype(jnp.float32)
-  # Mean over the group's positive masks (0 when it has none).
-  loss_mask = _group_mean(jnp.sum(jnp.where(mask_pos, bce, 0.0), 1),
-                          num_pos_masks + 1e-12 * first, group)
+  mask_pos = is_pos & (jnp.arange(num_slots) < k)[None, :]  # (B, S)
+  loss_mask = _packed_mask_loss(module, feats, batch, rois, labels, assigned,
+                                mask_pos, cfg)
   overflow = is_pos.sum() - mask_pos.sum()
   return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_mask=loss_mask,
               acc=acc, rcnn_num_pos=is_pos.sum(),
               rcnn_num_sampled=valid.sum(), mask_rois_overflow=overflow)
+
+
+def _packed_mask_loss(module, feats, batch, rois, labels, assigned, mask_pos,
+                      cfg: LossConfig):
+  """loss_mask of the RoIs `mask_pos` (B, S) selects (`mask_loss`).
+
+  rois (B, S, 4), labels (B, S) and assigned (B, S) (GT index in its
+  image) are the sampled slots. Returns MMDetection's loss_mask: per group
+  of images the mean over its positive RoIs (0 without any), averaged over
+  the groups.
+  """
+  b, num_slots = mask_pos.shape
+  m = batch['gt_boxes'].shape[1]
+  most = b * min(cfg.max_mask_rois, num_slots)  # positives it can select
+  chunk = max(min(cfg.mask_chunk, most), 1)
+  capacity = -(-most // chunk) * chunk
+  flat = mask_pos.reshape(-1)
+  if capacity > flat.shape[0]:
+    flat = jnp.pad(flat, (0, capacity - flat.shape[0]))
+  idx, ok = mask_rcnn.first_k_true(flat, capacity)
+  idx = jnp.minimum(idx, b * num_slots - 1)
+  img, slot = idx // num_slots, idx % num_slots
+  mask_rois = jnp.where(ok[:, None], rois[img, slot], 0.0)
+  mask_labels = jnp.minimum(labels[img, slot], module.num_classes - 1)
+  gt_index = img * m + assigned[img, slot]  # into the batch's GT list
+  group = cfg.images_per_group or b
+  per_group = mask_pos.sum(1).reshape(-1, group).sum(1).astype(jnp.float32)
+  weights = jnp.where(ok, 1.0 / (jnp.maximum(per_group, 1.0)[img // group] *
+                                 per_group.shape[0]), 0.0)
+
+  if cfg.mask_mode == 'compact':
+    gt_masks = batch['gt_masks']
+    targs = dict(masks=gt_masks.reshape((-1,) + gt_masks.shape[2:]),
+                 boxes=batch['gt_boxes'].reshape(-1, 4), rois=mask_rois,
+                 gt=gt_index, clip=batch['pad_hw'][img])
+
+    def target_fn(t, i):
+      return mask_targets.compact_mask_targets(
+          t['masks'], t['boxes'], t['rois'][i], t['gt'][i], t['clip'][i],
+          cfg.mask_size)
+  elif cfg.mask_mode in ('bitmap', 'exact'):
+    bitmaps = batch['gt_bitmaps']
+    targs = dict(masks=bitmaps.reshape((-1,) + bitmaps.shape[2:]),
+                 rois=mask_rois, gt=gt_index)
+
+    def target_fn(t, i):
+      return mask_targets.bitmap_mask_targets(
+          t['masks'], t['rois'][i], t['gt'][i], cfg.mask_size,
+          packed=cfg.mask_mode == 'exact')
+  else:
+    raise ValueError(f'unknown mask_mode {cfg.mask_mode!r}')
+
+  roi_feats = module.roi_features_flat(feats, jax.lax.stop_gradient(mask_rois),
+                                       img, batch['pad_hw'],
+                                       module.mask_roi_size)
+  head = module.roi_head.mask_head
+  unbound_head = head.clone(parent=None)
+
+  def head_fn(params, x):
+    return unbound_head.apply({'params': params}, x)
+
+  return mask_loss.chunked_mask_loss(
+      head_fn, target_fn, chunk, head.variables['params'], roi_feats,
+      mask_labels, weights, ok.sum(), targs)
 
 
 def _is_key_batch(rng, b: int) -> bool:
