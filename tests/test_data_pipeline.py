@@ -90,6 +90,33 @@ def test_synthetic_is_deterministic_and_consistent(shapes, tmp_path):
   assert mask_util.area(rle) > 0
 
 
+def test_synthetic_knobs(tmp_path):
+  """classes / radius_range / num_shapes (the quick start's set)."""
+  root = str(tmp_path / 'knobs')
+  synthetic.generate(root, 12, 0, 128, seed=0, landscape_fraction=1.0,
+                     radius_range=(0.2, 0.25), num_shapes=(1, 2),
+                     classes=('star', 'circle'))
+  data = json.load(open(f'{root}/annotations/instances_train.json'))
+  assert [(c['id'], c['name']) for c in data['categories']] == [
+      (10, 'star'), (1, 'circle')]
+  per_image = {}
+  for a in data['annotations']:
+    assert a['category_id'] in (1, 10)
+    if not a['iscrowd']:
+      per_image[a['image_id']] = per_image.get(a['image_id'], 0) + 1
+      assert max(a['bbox'][2:]) <= 2 * 0.25 * 96 + 1
+  assert max(per_image.values()) <= 2
+  # Shapes cut by the border aside, the radius is at least 0.2 * 96.
+  assert max(max(a['bbox'][2:]) for a in data['annotations']
+             if not a['iscrowd']) > 2 * 0.2 * 96 * 0.9
+  with pytest.raises(ValueError, match='classes must be'):
+    synthetic.generate(root, 1, 0, 64, classes=('circle', 'oval'))
+  with pytest.raises(ValueError, match='num_shapes'):
+    synthetic.generate(root, 1, 0, 64, num_shapes=(3, 2))
+  with pytest.raises(ValueError, match='radius_range'):
+    synthetic.generate(root, 1, 0, 64, radius_range=(0.0, 0.1))
+
+
 def test_epoch_batches_is_aspect_ratio_batch_sampler():
   rng = np.random.default_rng(0)
   portrait = rng.random(37) < 0.4

@@ -245,6 +245,7 @@ def test_training_run_stops_before_the_first_step(tmp_path, monkeypatch):
   config = config_lib.load_config('configs/quickstart.py', [
       f'data.train_ann={root}/annotations/instances_train.json',
       f'data.train_images={root}/train', "data.val_ann=''",
+      'model.num_classes=6',  # the generator's default classes
       'train.init_backbone=torchvision://resnet50',
       "train.init_backbone_from=''", 'train.num_workers=0',
       'train.global_batch_size=2'])

@@ -193,6 +193,7 @@ def test_finetuned_checkpoint_evaluates_and_demos_with_no_overrides(
       'data.train_images': f'{data}/train',
       'data.val_ann': f'{data}/annotations/instances_val.json',
       'data.val_images': f'{data}/val',
+      'model.num_classes': 6,  # the generator's default classes
       'input.test_scale': (128, 96),
       'input.canvases': ((96, 128), (128, 96)),
       'train.scales': ((128, 96),),

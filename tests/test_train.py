@@ -31,6 +31,8 @@ def tiny_overrides(root, **extra):
       'data.train_ann': f'{root}/annotations/instances_train.json',
       'data.train_images': f'{root}/train',
       'data.val_ann': '',
+      # The generator's default six classes (the quick start draws four).
+      'model.num_classes': 6,
       'input.test_scale': (128, 96),
       'input.canvases': ((96, 128), (128, 96)),
       'train.scales': ((128, 96),),

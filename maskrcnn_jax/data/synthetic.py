@@ -1,7 +1,8 @@
 """Synthetic COCO-format instance dataset of coloured shapes.
 
     python -m maskrcnn_jax.data.synthetic --out DIR --num-train N \\
-        --num-val M --image-size S [--seed 0] [--format jpg|png]
+        --num-val M --image-size S [--seed 0] [--format jpg|png] \\
+        [--radius-range LO HI] [--num-shapes LO HI] [--classes NAME ...]
 
 writes
 
@@ -10,9 +11,10 @@ writes
 
 Images are landscape (S x 3S/4) or portrait (3S/4 x S; `landscape_fraction`
 sets the mix, half and half by default) with a noisy
-background and 2-8 filled shapes of 6 classes (circle, square, triangle,
-ellipse, hexagon, star) whose COCO category ids have gaps
-(`CATEGORY_IDS`). Later shapes are painted over earlier ones, so instances
+background and 2-8 filled shapes (`num_shapes`) of radius 6-22% of the
+short side (`radius_range`) of 6 classes (circle, square, triangle,
+ellipse, hexagon, star; `classes` picks a subset) whose COCO category ids
+have gaps (`CATEGORY_IDS`). Later shapes are painted over earlier ones, so instances
 overlap. Each instance's mask is exactly what is visible of it:
 
 * unoccluded shapes are annotated with their polygon (curved shapes as
@@ -32,7 +34,7 @@ from (seed, split, index)).
 import argparse
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +43,25 @@ import pycocotools.mask as mask_util
 CLASS_NAMES = ('circle', 'square', 'triangle', 'ellipse', 'hexagon', 'star')
 CATEGORY_IDS = (1, 3, 4, 7, 8, 10)  # gaps on purpose
 _SPLITS = {'train': 0, 'val': 1}
+RADIUS_RANGE = (0.06, 0.22)  # of the short side
+NUM_SHAPES = (2, 8)          # per image, inclusive
+
+
+def _category_ids(classes: Sequence[str]) -> tuple:
+  unknown = [c for c in classes if c not in CLASS_NAMES]
+  if not classes or unknown or len(set(classes)) != len(classes):
+    raise ValueError(f'classes must be distinct names out of {CLASS_NAMES}, '
+                     f'got {tuple(classes)!r}')
+  return tuple(CATEGORY_IDS[CLASS_NAMES.index(c)] for c in classes)
+
+
+def _check_params(radius_range, num_shapes) -> None:
+  lo, hi = (float(v) for v in radius_range)
+  if not 0 < lo <= hi:
+    raise ValueError(f'radius_range must be 0 < lo <= hi, got {radius_range}')
+  nlo, nhi = (int(v) for v in num_shapes)
+  if not 1 <= nlo <= nhi:
+    raise ValueError(f'num_shapes must be 1 <= lo <= hi, got {num_shapes}')
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float,
@@ -81,8 +102,18 @@ def _uncompressed_rle(mask: np.ndarray) -> Dict:
 
 
 def make_image(rng: np.random.Generator, image_size: int, image_id: int,
-               first_ann_id: int, landscape_fraction: float = 0.5):
-  """One image (BGR uint8) and its annotation dicts."""
+               first_ann_id: int, landscape_fraction: float = 0.5,
+               radius_range: Sequence[float] = RADIUS_RANGE,
+               num_shapes: Sequence[int] = NUM_SHAPES,
+               classes: Sequence[str] = CLASS_NAMES):
+  """One image (BGR uint8) and its annotation dicts.
+
+  radius_range: (lo, hi) of a shape's radius as a fraction of the image's
+  short side; num_shapes: (lo, hi) shapes painted per image, inclusive;
+  classes: the shape kinds drawn, a subset of CLASS_NAMES (their category
+  ids stay those of CATEGORY_IDS).
+  """
+  cat_ids = _category_ids(classes)
   long_side = int(image_size)
   short_side = max(int(round(image_size * 0.75)), 1)
   if rng.random() < landscape_fraction:
@@ -93,14 +124,14 @@ def make_image(rng: np.random.Generator, image_size: int, image_id: int,
   noise = rng.integers(-20, 21, (h, w, 3))
   image = np.clip(base[None, None] + noise, 0, 255).astype(np.uint8)
 
-  num = int(rng.integers(2, 9))
+  num = int(rng.integers(int(num_shapes[0]), int(num_shapes[1]) + 1))
   owner = np.full((h, w), -1, np.int32)
   shapes = []
   for k in range(num):
-    kind_idx = int(rng.integers(len(CLASS_NAMES)))
-    r = rng.uniform(0.06, 0.22) * min(h, w)
+    kind_idx = int(rng.integers(len(classes)))
+    r = rng.uniform(float(radius_range[0]), float(radius_range[1])) * min(h, w)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-    poly = _shape_polygon(CLASS_NAMES[kind_idx], cx, cy, r,
+    poly = _shape_polygon(classes[kind_idx], cx, cy, r,
                           rng.uniform(0, np.pi), rng)
     flat = poly.reshape(-1).tolist()
     rle = mask_util.merge(mask_util.frPyObjects([flat], h, w))
@@ -130,7 +161,7 @@ def make_image(rng: np.random.Generator, image_size: int, image_id: int,
       seg = [flat]
     area, bbox = _rle_area_box(rle)
     anns.append(dict(id=ann_id, image_id=image_id,
-                     category_id=CATEGORY_IDS[kind_idx], segmentation=seg,
+                     category_id=cat_ids[kind_idx], segmentation=seg,
                      area=float(area), bbox=bbox, iscrowd=0))
     ann_id += 1
 
@@ -146,7 +177,7 @@ def make_image(rng: np.random.Generator, image_size: int, image_id: int,
     area, bbox = _rle_area_box(mask_util.frPyObjects(seg, h, w))
     if area > 0:
       anns.append(dict(id=ann_id, image_id=image_id,
-                       category_id=CATEGORY_IDS[int(rng.integers(6))],
+                       category_id=cat_ids[int(rng.integers(len(classes)))],
                        segmentation=seg, area=float(area), bbox=bbox,
                        iscrowd=1))
   return image, anns
@@ -155,10 +186,16 @@ def make_image(rng: np.random.Generator, image_size: int, image_id: int,
 def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
                    seed: int = 0, image_format: str = 'jpg',
                    first_image_id: int = 1,
-                   landscape_fraction: float = 0.5) -> str:
+                   landscape_fraction: float = 0.5,
+                   radius_range: Sequence[float] = RADIUS_RANGE,
+                   num_shapes: Sequence[int] = NUM_SHAPES,
+                   classes: Sequence[str] = CLASS_NAMES) -> str:
   """Writes one split; returns its annotation file path."""
   if image_format not in ('jpg', 'png'):
     raise ValueError(f'image_format must be jpg or png, got {image_format!r}')
+  classes = tuple(classes)
+  cat_ids = _category_ids(classes)
+  _check_params(radius_range, num_shapes)
   img_dir = os.path.join(out_dir, split)
   ann_dir = os.path.join(out_dir, 'annotations')
   os.makedirs(img_dir, exist_ok=True)
@@ -171,7 +208,8 @@ def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
     rng = np.random.default_rng([seed, _SPLITS.get(split, 2), i])
     image_id = first_image_id + i
     image, anns = make_image(rng, image_size, image_id, ann_id,
-                             landscape_fraction)
+                             landscape_fraction, radius_range, num_shapes,
+                             classes)
     ann_id += len(anns) + 1  # leave gaps in annotation ids too
     name = f'{split}_{image_id:06d}.{image_format}'
     ok, buf = cv2.imencode('.' + image_format, image, params)
@@ -183,7 +221,7 @@ def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
                        width=image.shape[1]))
     annotations.extend(anns)
   categories = [dict(id=c, name=n, supercategory='shape')
-                for c, n in zip(CATEGORY_IDS, CLASS_NAMES)]
+                for c, n in zip(cat_ids, classes)]
   path = os.path.join(ann_dir, f'instances_{split}.json')
   with open(path, 'w') as f:
     json.dump(dict(info=dict(description='maskrcnn_jax synthetic shapes',
@@ -195,18 +233,25 @@ def generate_split(out_dir: str, split: str, num_images: int, image_size: int,
 
 def generate(out_dir: str, num_train: int, num_val: int, image_size: int,
              seed: int = 0, image_format: str = 'jpg',
-             landscape_fraction: float = 0.5) -> Dict[str, str]:
+             landscape_fraction: float = 0.5,
+             radius_range: Sequence[float] = RADIUS_RANGE,
+             num_shapes: Sequence[int] = NUM_SHAPES,
+             classes: Sequence[str] = CLASS_NAMES) -> Dict[str, str]:
   """Writes the train and val splits; returns {split: annotation file}.
 
   landscape_fraction: the share of landscape images (the others are
   portrait); 1.0 gives one image shape, hence one canvas to compile for.
+  radius_range, num_shapes, classes: see `make_image` (the defaults are
+  the dataset the tests and tools use).
   """
   out = {}
   for split, n, first in (('train', num_train, 1),
                           ('val', num_val, 1_000_001)):
     out[split] = generate_split(out_dir, split, n, image_size, seed,
                                 image_format, first_image_id=first,
-                                landscape_fraction=landscape_fraction)
+                                landscape_fraction=landscape_fraction,
+                                radius_range=radius_range,
+                                num_shapes=num_shapes, classes=classes)
   return out
 
 
@@ -222,14 +267,30 @@ def main(argv: Optional[List[str]] = None) -> None:
   p.add_argument('--landscape-fraction', type=float, default=0.5,
                  help='share of landscape images, the rest portrait '
                       '(default 0.5)')
+  p.add_argument('--radius-range', type=float, nargs=2,
+                 default=RADIUS_RANGE, metavar=('LO', 'HI'),
+                 help='shape radius as a fraction of the short side '
+                      f'(default {RADIUS_RANGE[0]} {RADIUS_RANGE[1]})')
+  p.add_argument('--num-shapes', type=int, nargs=2, default=NUM_SHAPES,
+                 metavar=('LO', 'HI'),
+                 help='shapes per image, inclusive '
+                      f'(default {NUM_SHAPES[0]} {NUM_SHAPES[1]})')
+  p.add_argument('--classes', nargs='+', default=CLASS_NAMES,
+                 choices=CLASS_NAMES, help='shape kinds drawn (default all)')
   a = p.parse_args(argv)
   if a.num_train < 0 or a.num_val < 0 or a.image_size < 8:
     p.error('need --num-train/--num-val >= 0 and --image-size >= 8')
   if not 0.0 <= a.landscape_fraction <= 1.0:
     p.error(f'--landscape-fraction must be in [0, 1], got '
             f'{a.landscape_fraction}')
+  try:
+    _category_ids(a.classes)
+    _check_params(a.radius_range, a.num_shapes)
+  except ValueError as e:
+    p.error(str(e))
   paths = generate(a.out, a.num_train, a.num_val, a.image_size, a.seed,
-                   a.format, a.landscape_fraction)
+                   a.format, a.landscape_fraction, a.radius_range,
+                   a.num_shapes, a.classes)
   for split, path in paths.items():
     print(f'{split}: {path}')
 

@@ -29,7 +29,11 @@ def ensure_synthetic(config: ml_collections.ConfigDict) -> None:
     log.info('generating the synthetic dataset in %s', d.root)
     synthetic.generate(d.root, s.num_train, s.num_val, s.image_size,
                        seed=s.seed,
-                       landscape_fraction=s.get('landscape_fraction', 0.5))
+                       landscape_fraction=s.get('landscape_fraction', 0.5),
+                       radius_range=s.get('radius_range',
+                                          synthetic.RADIUS_RANGE),
+                       num_shapes=s.get('num_shapes', synthetic.NUM_SHAPES),
+                       classes=s.get('classes', synthetic.CLASS_NAMES))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('synthetic dataset written')
