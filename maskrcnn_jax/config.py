@@ -183,8 +183,11 @@ def base_config() -> ml_collections.ConfigDict:
       rcnn_num_samples=512,
       rcnn_pos_fraction=0.25,
       mask_size=28,
-      # Positive RoIs the mask head runs on per loop iteration (only the
-      # real positives are computed; results do not depend on it).
+      # Mask loss: 'auto' (per target: 'direct' on CPU, 'looped' on
+      # GPU/TPU), 'direct' (mask head on every mask slot at once) or
+      # 'looped' (only the real positives, mask_chunk RoIs per loop
+      # iteration). Same loss either way.
+      mask_loss_strategy='auto',
       mask_chunk=64,
       # Optimisation (SGD, linear scaling from a global batch of 16).
       global_batch_size=16,

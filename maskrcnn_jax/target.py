@@ -24,6 +24,11 @@ _DEFAULTS = {
     # 'tiled': tile loop that stops after the last valid box (CPU).
     # 'dense': one (N, N) suppression matrix and a fixed-point loop.
     'nms_strategy': dict(cpu='tiled', gpu='dense', tpu='dense'),
+    # Training mask loss: 'direct' (the head on every mask slot at once,
+    # plain autodiff; XLA:CPU runs convolution gradients inside loops ~20x
+    # slower) or 'looped' (only the real positives, `train.mask_chunk` at a
+    # time, train/mask_loss.py).
+    'mask_loss_strategy': dict(cpu='direct', gpu='looped', tpu='looped'),
     # Training compute dtype (losses, box decoding and NMS stay float32).
     # None: the model's own dtype (model.dtype, float32 by default).
     'train_dtype': dict(cpu=None, gpu='bfloat16', tpu='bfloat16'),

@@ -17,9 +17,11 @@ def _direct(head_fn, params, feats, labels, weights, targets, count):
   return jnp.sum(weights[:count] * bce)
 
 
-@pytest.mark.parametrize('count', [0, 1, 7, 8, 13, 24])
-def test_chunked_mask_loss_equals_direct(count):
-  capacity, chunk, classes = 24, 8, 3
+@pytest.mark.parametrize('count,chunk', [(0, 8), (1, 8), (7, 8), (8, 8),
+                                         (13, 8), (24, 8), (13, 24)])
+def test_chunked_mask_loss_equals_direct(count, chunk):
+  """chunk 8: the loop and its custom VJP; chunk 24 = capacity: no loop."""
+  capacity, classes = 24, 3
   head = heads.FCNMaskHead(num_classes=classes, num_convs=2, channels=8,
                            precision=jax.lax.Precision.HIGHEST)
   rng = np.random.default_rng(count)

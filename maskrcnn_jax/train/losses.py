@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskrcnn_jax import target as target_lib
 from maskrcnn_jax.models import mask_rcnn
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import assign_sample
@@ -61,6 +62,8 @@ class LossConfig:
   # (train.mask_loss); results do not depend on the chunk.
   max_mask_rois: int = 128
   mask_chunk: int = 64
+  # 'looped' (the chunk loop) or 'direct' (every slot at once, no loop).
+  mask_strategy: str = 'looped'
   # 'exact' (gt_bitmaps (B, M, Hc, Wc / 8) bit-packed canvas bitmaps, exact
   # MMDetection; the training default, see ops.mask_targets), 'compact'
   # (gt_masks (B, M, S, S) over gt_boxes) or 'bitmap' (gt_bitmaps
@@ -98,6 +101,8 @@ def loss_config_from(config, deterministic: bool = False,
       rcnn_min_pos_iou=t.rcnn_min_pos_iou, rcnn_num_samples=rcnn_num,
       rcnn_pos_fraction=t.rcnn_pos_fraction, mask_size=t.mask_size,
       max_mask_rois=max_mask, mask_chunk=t.get('mask_chunk', 64),
+      mask_strategy=target_lib.resolve(
+          'mask_loss_strategy', t.get('mask_loss_strategy', 'auto')),
       mask_mode=mask_mode,
       images_per_group=images_per_group)
 
@@ -265,7 +270,11 @@ def _packed_mask_loss(module, feats, batch, rois, labels, assigned, mask_pos,
   b, num_slots = mask_pos.shape
   m = batch['gt_boxes'].shape[1]
   most = b * min(cfg.max_mask_rois, num_slots)  # positives it can select
-  chunk = max(min(cfg.mask_chunk, most), 1)
+  if cfg.mask_strategy not in ('looped', 'direct'):
+    raise ValueError("train.mask_loss_strategy must be 'auto', 'looped' or "
+                     f"'direct', got {cfg.mask_strategy!r}")
+  chunk = most if cfg.mask_strategy == 'direct' else cfg.mask_chunk
+  chunk = max(min(chunk, most), 1)
   capacity = -(-most // chunk) * chunk
   flat = mask_pos.reshape(-1)
   if capacity > flat.shape[0]:

@@ -52,7 +52,8 @@ def chunked_mask_loss(head_fn: Callable[[Any, jax.Array], jax.Array],
     head_fn: (params, (C, S, S, F) RoI features) -> (C, T, T, K) logits.
     target_fn: (target_args, (C,) slot indices) -> (C, T, T) {0, 1}
       targets of those slots (not differentiated).
-    chunk: C, slots per loop iteration; the capacity must be a multiple.
+    chunk: C, slots per loop iteration; the capacity must be a multiple
+      (C == capacity: one chunk, computed without a loop).
     params: head_fn's parameters (differentiated).
     roi_feats: (N, S, S, F) RoI features, positives first (differentiated).
     labels: (N,) int32 class of each slot (its logit channel).
@@ -98,6 +99,13 @@ def chunked_mask_loss(head_fn: Callable[[Any, jax.Array], jax.Array],
     _, loss, targets = jax.lax.while_loop(lambda s: s[0] < num_chunks(n),
                                           body, init)
     return loss, targets
+
+  if chunk == capacity:
+    # One chunk: no loop, plain autodiff (the 'direct' strategy).
+    targets = jax.lax.stop_gradient(
+        target_fn(target_args, jnp.arange(capacity, dtype=jnp.int32)))
+    return chunk_loss(params, roi_feats, labels.astype(jnp.int32),
+                      weights.astype(jnp.float32), targets)
 
   @jax.custom_vjp
   def loss_fn(p, feats, lab, w, n, targs):
