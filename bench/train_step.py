@@ -1,4 +1,5 @@
-"""Training step benchmark: R-50-FPN, 2 images of 800x1344 per device.
+"""Training step benchmark: R-50-FPN, 2 images per device on the config's
+first canvas (800x1344).
 
   python -m bench.train_step [--config configs/r50_fpn_1x.py] [--steps 5]
       [--images-per-device 2] [--dtype float32|bfloat16] [--config.a.b=v]
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 
 from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import preprocess
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.models import build as build_lib
 from maskrcnn_jax.ops import mask_targets
@@ -30,21 +32,32 @@ from maskrcnn_jax.train import optim
 from maskrcnn_jax.train import state as state_lib
 
 
-def synthetic_batch(config, n_images, canvas=(800, 1344), num_gt=10, seed=0):
+def synthetic_batch(config, n_images, num_gt=10, seed=0):
+  """Images on the config's first canvas (R-50-FPN: 800x1344), each holding
+  an image of the first training scale's size, and `num_gt` boxes with
+  sides of 2.5-25% of the image's long side."""
   rng = np.random.default_rng(seed)
   m, s = config.train.max_instances, config.train.mask_crop
-  h, w = canvas
+  num_gt = min(num_gt, m)
+  h, w = (int(v) for v in config.input.canvases[0])
+  # The first scale's keep-ratio size of a 427x640 image (800x1199
+  # for (1333, 800) on the 800x1344 canvas), padded to the size divisor.
+  ih, iw = preprocess.rescale_size((427, 640), config.train.scales[0])
+  ih, iw = min(ih, h), min(iw, w)
+  div = config.input.size_divisor
+  ph, pw = min(-(-ih // div) * div, h), min(-(-iw // div) * div, w)
+  side = max(ih, iw)
   boxes = np.zeros((n_images, m, 4), np.float32)
-  xy = rng.uniform(0, [w - 200, h - 200], (n_images, num_gt, 2))
-  wh = rng.uniform(20, 200, (n_images, num_gt, 2))
+  wh = rng.uniform(side / 40, side / 4, (n_images, num_gt, 2))
+  xy = rng.uniform(0, 1, (n_images, num_gt, 2)) * ([iw, ih] - wh)
   boxes[:, :num_gt] = np.concatenate([xy, xy + wh], -1)
   valid = np.zeros((n_images, m), bool)
   valid[:, :num_gt] = True
   labels = np.where(valid, rng.integers(0, config.model.num_classes,
                                         (n_images, m)), -1).astype(np.int32)
   batch = dict(images=rng.integers(0, 255, (n_images, h, w, 3), np.uint8),
-               image_hw=np.tile([[800, 1199]], (n_images, 1)).astype(np.int32),
-               pad_hw=np.tile([[800, 1216]], (n_images, 1)).astype(np.int32),
+               image_hw=np.tile([[ih, iw]], (n_images, 1)).astype(np.int32),
+               pad_hw=np.tile([[ph, pw]], (n_images, 1)).astype(np.int32),
                gt_boxes=boxes, gt_labels=labels, gt_valid=valid)
   if mask_targets.training_mask_mode(config) == 'exact':
     # Full canvas bitmaps (the middle half of each box), bit-packed.
@@ -146,7 +159,7 @@ def main():
   mem, kind = peak_memory_gib()
   print(f'device: {jax.devices()[0].device_kind} x {setup["n_dev"]}; '
         f'{setup["dtype"]}; {args.images_per_device} images/device of '
-        '800x1344')
+        f'{tuple(batch["images"].shape[1:3])}')
   print(f'compile {compile_s:.1f} s; first step {times[0]:.3f} s; median '
         f'step {med:.3f} s; {gb / med:.2f} images/s; peak memory {mem:.2f} '
         f'GiB ({kind}); total_loss {float(metrics["total_loss"]):.4f}')

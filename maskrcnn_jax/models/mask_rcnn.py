@@ -272,7 +272,7 @@ class MaskRCNN(nn.Module):
 
   @property
   def roi_align_strategy(self) -> str:
-    """'chunked' or 'tiered' ('auto' resolved for the target)."""
+    """'chunked', 'tiered' or 'dense' ('auto' resolved for the target)."""
     return target_lib.resolve('roi_align_strategy',
                               self.roi_cfg.roi_align_strategy)
 
@@ -324,7 +324,7 @@ class MaskRCNN(nn.Module):
     b, n = rois.shape[:2]
     batch_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
     pooled = self.roi_features_flat(feats, rois.reshape(-1, 4), batch_index,
-                                    pad_hw, output_size)
+                                    pad_hw, output_size, rois_per_image=n)
     return pooled.reshape((b, n) + pooled.shape[1:])
 
   def roi_maps(self, feats) -> roi_ops.FlatLevels:
@@ -335,10 +335,11 @@ class MaskRCNN(nn.Module):
     return roi_ops.flatten_levels(feats[:len(self.roi_strides)])
 
   def roi_features_flat(self, feats, rois, batch_index, pad_hw,
-                        output_size):
+                        output_size, rois_per_image=None):
     """RoIAlign of (R, 4) rois of images batch_index (R,) -> (R, S, S, C).
 
-    feats: the FPN levels or their `roi_maps`.
+    feats: the FPN levels or their `roi_maps`. rois_per_image: n when the
+    RoIs are image-major in groups of n (needed by the 'dense' strategy).
     """
     return roi_ops.multilevel_roi_align(
         self.roi_maps(feats), rois, batch_index,
@@ -346,7 +347,7 @@ class MaskRCNN(nn.Module):
         strides=self.roi_strides, finest_scale=self.finest_scale,
         chunk_size=self.roi_align_chunk,
         precision=self.precision or jax.lax.Precision.HIGHEST,
-        strategy=self.roi_align_strategy)
+        strategy=self.roi_align_strategy, rois_per_image=rois_per_image)
 
   def box_head(self, feats, rois, pad_hw):
     """(B, N, 4) rois -> (B, N, K+1) logits and (B, N, 4K) deltas."""

@@ -20,6 +20,13 @@ need and processed in chunks; each chunk uses the smallest of a few window
 sizes ("tiers") that covers all its RoIs, chosen with `lax.switch`, so the
 work follows the real RoI sizes while every shape stays static.
 
+For small maps (the quick start's 256 x 192 canvas: P2 is 48 x 64 cells)
+the 'dense' strategy skips the window gather altogether: Ay and Ax span
+their level's whole map (zero on the other levels) and each image's RoIs
+are two batched matmuls per level, with a plain-autodiff backward (no
+gather, no scatter). Its cost grows with the map area, so it is for small
+canvases only.
+
 Level assignment is MMDetection's `SingleRoIExtractor.map_roi_levels`:
 `floor(log2(sqrt(w * h) / finest_scale + 1e-6))` clamped to the levels.
 """
@@ -44,7 +51,7 @@ TIERED_TIERS = (16, 32)
 # balanced chunk counts keep the single loop's trip count low.
 DEFAULT_CELLS_PER_STEP = 2 ** 19
 TIER_SHARES = {8: 1, 16: 1, 32: 6, None: 3}
-STRATEGIES = ('chunked', 'tiered')
+STRATEGIES = ('chunked', 'tiered', 'dense')
 
 
 def map_roi_levels(boxes, num_levels: int, finest_scale: float = 56.):
@@ -381,7 +388,8 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
                          tiers: Sequence[int] = None,
                          precision=jax.lax.Precision.HIGHEST,
                          strategy: str = 'chunked',
-                         cells_per_step: int = DEFAULT_CELLS_PER_STEP):
+                         cells_per_step: int = DEFAULT_CELLS_PER_STEP,
+                         rois_per_image: int = None):
   """mmcv RoIAlign(aligned=True, sampling_ratio=0, 'avg') over FPN levels.
 
   Args:
@@ -410,8 +418,13 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
       same loop, accumulating every chunk's gradient into one
       feature-gradient buffer, and saves no activations. Both strategies
       compute exactly the same values.
+      'dense' (small canvases): per level, each image's RoIs contract the
+      whole map with (P, H_l) and (P, W_l) weights, two batched matmuls,
+      no loop and no gather; needs `rois_per_image`.
     cells_per_step: 'tiered' window cells per loop iteration (memory bound:
       cells_per_step * C values gathered at a time).
+    rois_per_image: n when the RoIs are image-major in equal groups (RoI r
+      belongs to image r // n, as `batch_index` then says); 'dense' only.
 
   Returns:
     (R, P, P, C) pooled features, in `features`' dtype.
@@ -449,6 +462,15 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
   if strategy not in STRATEGIES:
     raise ValueError(f'roi_align strategy must be one of {STRATEGIES}, '
                      f'got {strategy!r}')
+  max_map = max(max(h, w) for h, w in maps)
+  if strategy == 'dense':
+    if not rois_per_image or boxes.shape[0] % rois_per_image:
+      raise ValueError("roi_align strategy 'dense' needs the RoIs grouped "
+                       'by image (rois_per_image), got rois_per_image='
+                       f'{rois_per_image} for {boxes.shape[0]} RoIs')
+    return _dense(flat, maps, offsets, geom, lvl, rois_per_image,
+                  output_size, precision,
+                  (max_map + 3) // output_size + 2).astype(dtype)
   if tiers is None:
     tiers = DEFAULT_TIERS if strategy == 'chunked' else TIERED_TIERS
   tier_sides = sorted(set(t for t in tiers if t < top) | {top})
@@ -458,7 +480,6 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, batch_index,
     tier_of = jnp.where(_tier_fits(need_y, need_x, tier_sides[t]), t,
                         tier_of)
   num = boxes.shape[0]
-  max_map = max(max(h, w) for h, w in maps)
 
   def max_grid_of(side):
     # Samples per bin can not exceed the window's major length / bins + 1.
@@ -524,3 +545,47 @@ def _tiered(flat, geom, tier_of, tier_sides, num, channels, dtype,
   pooled = _tiered_align(cfg, flat, sorted_geom, counts, starts)[:num]
   inverse = jnp.argsort(order)
   return pooled[inverse].astype(dtype)
+
+
+def _dense(flat, maps, offsets, geom, lvl, rois_per_image: int,
+           output_size: int, precision, max_grid: int):
+  """The 'dense' strategy of `multilevel_roi_align`: (R, P, P, C).
+
+  The weights of `_axis_weights` with the window origin at cell 0 and the
+  window as long as the longest map; a RoI's weights on a level other than
+  its own are zero, so summing the levels' results gives its own level's.
+  """
+  n = rois_per_image
+  num, channels = geom['start_y'].shape[0], flat.shape[-1]
+  if num == 0:
+    return jnp.zeros((0, output_size, output_size, channels), flat.dtype)
+  bsz = num // n
+  total = sum(h * w for h, w in maps)
+  images = flat.reshape(-1, total, channels)  # (B, T, C)
+  if images.shape[0] != bsz:
+    raise ValueError(f"roi_align 'dense': {num} RoIs in groups of {n} are "
+                     f'{bsz} images, the maps hold {images.shape[0]}')
+  height = max(h for h, _ in maps)
+  width = max(w for _, w in maps)
+  zero = jnp.zeros_like(geom['y0'])
+  wy = _axis_weights(geom['start_y'], geom['bin_y'], geom['grid_y'], zero,
+                     geom['size_y'], output_size, max_grid, height)
+  wx = _axis_weights(geom['start_x'], geom['bin_x'], geom['grid_x'], zero,
+                     geom['size_x'], output_size, max_grid, width)
+  wy = jax.lax.stop_gradient(wy).astype(flat.dtype)
+  wx = jax.lax.stop_gradient(wx).astype(flat.dtype)
+  out = None
+  for level, ((h, w), offset) in enumerate(zip(maps, offsets)):
+    fmap = images[:, offset:offset + h * w].reshape(bsz, h, w, channels)
+    mine = (lvl == level)[:, None, None]
+    ay = jnp.where(mine, wy[:, :, :h], 0).reshape(bsz, n, output_size, h)
+    ax = wx[:, :, :w].reshape(bsz, n, 1, output_size, w)
+    # Both contractions in dot_general's canonical layouts (batch, free,
+    # contracted), so XLA copies nothing: rows (B, n*P, W*C) straight from
+    # the map, then one (P, W) x (W, C) product per (image, RoI, row bin)
+    # with Ax broadcast over the row bins (P*P*W values per RoI).
+    rows = jnp.einsum('bnpy,byxc->bnpxc', ay, fmap, precision=precision)
+    ax = jnp.broadcast_to(ax, (bsz, n, output_size, output_size, w))
+    pooled = jnp.einsum('bnpqx,bnpxc->bnpqc', ax, rows, precision=precision)
+    out = pooled if out is None else out + pooled
+  return out.reshape(num, output_size, output_size, channels)

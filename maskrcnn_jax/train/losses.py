@@ -273,15 +273,28 @@ def _packed_mask_loss(module, feats, batch, rois, labels, assigned, mask_pos,
   if cfg.mask_strategy not in ('looped', 'direct'):
     raise ValueError("train.mask_loss_strategy must be 'auto', 'looped' or "
                      f"'direct', got {cfg.mask_strategy!r}")
-  chunk = most if cfg.mask_strategy == 'direct' else cfg.mask_chunk
-  chunk = max(min(chunk, most), 1)
-  capacity = -(-most // chunk) * chunk
-  flat = mask_pos.reshape(-1)
-  if capacity > flat.shape[0]:
-    flat = jnp.pad(flat, (0, capacity - flat.shape[0]))
-  idx, ok = mask_rcnn.first_k_true(flat, capacity)
-  idx = jnp.minimum(idx, b * num_slots - 1)
-  img, slot = idx // num_slots, idx % num_slots
+  if cfg.mask_strategy == 'direct':
+    # Every image's first k slots at once (its positives come first), so
+    # the RoIs stay grouped by image.
+    k = most // b
+    img = jnp.repeat(jnp.arange(b, dtype=jnp.int32), k)
+    slot = jnp.tile(jnp.arange(k, dtype=jnp.int32), b)
+    ok = mask_pos[:, :k].reshape(-1)
+    chunk, rois_per_image = max(most, 1), k
+  else:
+    if module.roi_align_strategy == 'dense':
+      raise ValueError("model.roi.roi_align_strategy='dense' trains with "
+                       "train.mask_loss_strategy='direct', got "
+                       f'{cfg.mask_strategy!r}')
+    chunk = max(min(cfg.mask_chunk, most), 1)
+    capacity = -(-most // chunk) * chunk
+    flat = mask_pos.reshape(-1)
+    if capacity > flat.shape[0]:
+      flat = jnp.pad(flat, (0, capacity - flat.shape[0]))
+    idx, ok = mask_rcnn.first_k_true(flat, capacity)
+    idx = jnp.minimum(idx, b * num_slots - 1)
+    img, slot = idx // num_slots, idx % num_slots
+    rois_per_image = None
   mask_rois = jnp.where(ok[:, None], rois[img, slot], 0.0)
   mask_labels = jnp.minimum(labels[img, slot], module.num_classes - 1)
   gt_index = img * m + assigned[img, slot]  # into the batch's GT list
@@ -314,7 +327,7 @@ def _packed_mask_loss(module, feats, batch, rois, labels, assigned, mask_pos,
 
   roi_feats = module.roi_features_flat(feats, jax.lax.stop_gradient(mask_rois),
                                        img, batch['pad_hw'],
-                                       module.mask_roi_size)
+                                       module.mask_roi_size, rois_per_image)
   head = module.roi_head.mask_head
   unbound_head = head.clone(parent=None)
 

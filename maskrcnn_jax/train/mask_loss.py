@@ -60,7 +60,8 @@ def chunked_mask_loss(head_fn: Callable[[Any, jax.Array], jax.Array],
     chunk: C, slots per loop iteration; the capacity must be a multiple
       (C == capacity: one chunk, computed without a loop).
     params: head_fn's parameters (differentiated).
-    roi_feats: (N, S, S, F) RoI features, positives first (differentiated).
+    roi_feats: (N, S, S, F) RoI features (differentiated); with several
+      chunks, the positives first.
     labels: (N,) int32 class of each slot (its logit channel).
     weights: (N,) float32 loss weight of each slot (0 for padding).
     count: int32 scalar, slots in use (the loop covers ceil(count / C)
