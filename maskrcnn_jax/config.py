@@ -115,7 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
           # larger chunks (128-512) cut the sequential chunk loop.
           roi_align_chunk=16,
           # 'auto' (per target, see maskrcnn_jax/target.py: 'chunked' on
-          # CPU, 'tiered' on GPU/TPU), 'chunked' or 'tiered'. Same values.
+          # CPU, 'tiered' on GPU/TPU), 'chunked', 'tiered' or 'dense' (small
+          # canvases only, e.g. the quick start's; trains with the 'direct'
+          # mask loss). Same values.
           roi_align_strategy='auto',
       ),
       # NMS algorithm: 'auto' ('tiled' on CPU, 'dense' on GPU/TPU),

@@ -56,6 +56,52 @@ def test_target_defaults_resolve_from_environment(monkeypatch):
     target_lib.current()
 
 
+def test_cpu_xla_flags_added_unless_given(monkeypatch):
+  from maskrcnn_jax import target as target_lib
+  flag = '--xla_cpu_experimental_ynn_fusion_type='
+  monkeypatch.delenv(target_lib.XLA_FLAGS_ENV, raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert target_lib.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'] == (
+      '--xla_force_host_platform_device_count=2 ' + flag)
+  assert not target_lib.set_cpu_xla_flags()  # idempotent
+  # A value the user gives wins; the opt-out leaves XLA_FLAGS alone.
+  user = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
+  monkeypatch.setenv('XLA_FLAGS', user)
+  assert not target_lib.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'] == user
+  monkeypatch.delenv('XLA_FLAGS')
+  monkeypatch.setenv(target_lib.XLA_FLAGS_ENV, '0')
+  assert not target_lib.set_cpu_xla_flags()
+  assert 'XLA_FLAGS' not in os.environ
+
+
+_CONV_KIND = """if True:
+  import sys
+  import jax, jax.numpy as jnp
+  if sys.argv[1] == '1':
+    import maskrcnn_jax
+  conv = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
+      argnums=1))
+  x, w = jnp.ones((4, 48, 64, 64)), jnp.ones((3, 3, 64, 64))
+  text = conv.lower(x, w).compile().as_text()
+  print('ynn' if '__ynn_fusion' in text else 'xla')
+"""
+
+
+def test_import_compiles_convolutions_without_ynn_fusions():
+  """In a fresh process, importing the package before the first
+  computation is enough: XLA:CPU then emits its own convolution (the
+  YNNPACK fusion otherwise chosen is what target.CPU_XLA_FLAGS avoids)."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('XLA_FLAGS', 'MASKRCNN_JAX_CPU_XLA_FLAGS')}
+  kinds = [subprocess.run([sys.executable, '-c', _CONV_KIND, arg], env=env,
+                          capture_output=True, text=True, check=True,
+                          cwd=REPO).stdout.split()[-1] for arg in '01']
+  assert kinds == ['ynn', 'xla']
+
+
 def test_model_config_rejects_unknown_keys_and_types():
   model = config_lib.base_config().model.to_dict()
   model['roi']['roi_align_chnk'] = 8

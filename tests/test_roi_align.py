@@ -61,14 +61,36 @@ def mmcv_roi_align_reference(feature, box, out_size, spatial_scale,
   return out.astype(np.float32)
 
 
+def _group_by_image(boxes, batch_index, num_images):
+  """RoIs image-major in equal groups (padded with zero boxes), as the
+  'dense' strategy takes them; returns boxes, batch index, group size and
+  each input RoI's row."""
+  per_image = max(np.bincount(batch_index, minlength=num_images).max(), 1)
+  grouped = np.zeros((num_images * per_image, 4), np.float32)
+  rows = np.zeros(len(boxes), np.int64)
+  filled = np.zeros(num_images, np.int64)
+  for r, b in enumerate(batch_index):
+    rows[r] = b * per_image + filled[b]
+    filled[b] += 1
+  grouped[rows] = boxes
+  return (grouped, np.repeat(np.arange(num_images, dtype=np.int32),
+                             per_image), per_image, rows)
+
+
 def _run(features, boxes, batch_index, valid_hw, out_size, strides,
          chunk_size=4, tiers=None, strategy='chunked', cells_per_step=None):
   extra = {} if cells_per_step is None else dict(cells_per_step=cells_per_step)
+  rows = None
+  if strategy == 'dense':
+    boxes, batch_index, per_image, rows = _group_by_image(
+        boxes, batch_index, features[0].shape[0])
+    extra['rois_per_image'] = per_image
   fn = jax.jit(lambda f, b, i, v: ra.multilevel_roi_align(
       f, b, i, v, output_size=out_size, strides=strides,
       chunk_size=chunk_size, tiers=tiers, strategy=strategy, **extra))
-  return np.asarray(fn([jnp.asarray(f) for f in features], jnp.asarray(boxes),
-                       jnp.asarray(batch_index), jnp.asarray(valid_hw)))
+  out = np.asarray(fn([jnp.asarray(f) for f in features], jnp.asarray(boxes),
+                      jnp.asarray(batch_index), jnp.asarray(valid_hw)))
+  return out if rows is None else out[rows]
 
 
 def test_hand_computed_single_bin():
@@ -165,6 +187,73 @@ def test_tiered_gradient_equals_chunked_autodiff():
   for g_t, g_c in zip(grads('tiered'), grads('chunked')):
     np.testing.assert_allclose(np.asarray(g_t), np.asarray(g_c), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_dense_equals_chunked_values_and_gradients():
+  """'dense' (whole-level weights, plain autodiff) gives 'chunked''s values
+  and feature gradients, on both images, every level and the second
+  image's smaller valid maps."""
+  features, boxes, batch, valid_hw, strides = _random_multilevel_case(40)
+  grouped, index, per_image, rows = _group_by_image(boxes, batch, 2)
+  cot = np.random.default_rng(4).normal(
+      size=(len(grouped), 14, 14, 5)).astype(np.float32)
+  cot[np.setdiff1d(np.arange(len(grouped)), rows)] = 0  # padding RoIs
+
+  def pooled_and_grads(strategy, **kw):
+    def loss(f):
+      out = ra.multilevel_roi_align(
+          f, jnp.asarray(grouped), jnp.asarray(index),
+          jnp.asarray(valid_hw), output_size=14, strides=strides,
+          strategy=strategy, **kw)
+      return jnp.sum(out * cot), out
+    return jax.jit(jax.grad(loss, has_aux=True))(
+        [jnp.asarray(f) for f in features])
+
+  g_d, out_d = pooled_and_grads('dense', rois_per_image=per_image)
+  g_c, out_c = pooled_and_grads('chunked', chunk_size=8)
+  np.testing.assert_allclose(np.asarray(out_d)[rows],
+                             np.asarray(out_c)[rows], rtol=1e-5, atol=1e-5)
+  used = set(np.asarray(ra.map_roi_levels(jnp.asarray(boxes), 4)).tolist())
+  assert len(used) >= 2
+  for level, (a, b) in enumerate(zip(g_d, g_c)):
+    assert (np.abs(np.asarray(b)).max() > 0) == (level in used)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_dense_program_has_no_loop_and_no_feature_gather():
+  """Forward and backward: no loop, no conditional, and no gather or
+  scatter of feature values (13 channels here; the small per-RoI index and
+  weight gathers and scatters carry no channel axis)."""
+  _, boxes, batch, valid_hw, strides = _random_multilevel_case(20)
+  rng = np.random.default_rng(5)
+  features = [jnp.asarray(rng.normal(size=(2, 256 // s, 320 // s, 13)),
+                          jnp.float32) for s in strides]
+  grouped, index, per_image, _ = _group_by_image(boxes, batch, 2)
+  fn = jax.jit(jax.grad(lambda f, b, i, v: jnp.sum(ra.multilevel_roi_align(
+      f, b, i, v, output_size=7, strides=strides, strategy='dense',
+      rois_per_image=per_image))))
+  text = fn.lower(features, jnp.asarray(grouped), jnp.asarray(index),
+                  jnp.asarray(valid_hw)).compile().as_text()
+  assert ' while(' not in text and ' conditional(' not in text
+  for line in text.splitlines():
+    if ' gather(' in line or ' scatter(' in line:
+      shape = line.split('=', 1)[1].split('{', 1)[0]
+      assert not shape.rstrip().endswith(',13]'), line
+
+
+def test_dense_needs_rois_grouped_by_image():
+  features, boxes, batch, valid_hw, strides = _random_multilevel_case(5)
+  with pytest.raises(ValueError, match='rois_per_image'):
+    ra.multilevel_roi_align(
+        [jnp.asarray(f) for f in features], jnp.asarray(boxes),
+        jnp.asarray(batch), jnp.asarray(valid_hw), output_size=7,
+        strides=strides, strategy='dense')
+  with pytest.raises(ValueError, match='maps hold 2'):
+    ra.multilevel_roi_align(
+        [jnp.asarray(f) for f in features], jnp.asarray(boxes[:4]),
+        jnp.asarray(batch[:4]), jnp.asarray(valid_hw), output_size=7,
+        strides=strides, strategy='dense', rois_per_image=1)
 
 
 def test_tiered_program_has_no_conditionals():

@@ -63,7 +63,8 @@ class RoIConfig:
   norm: str = 'none'              # 'none' | 'GN' on the mask head's convs
   roi_align_chunk: int = 16       # RoIs per RoIAlign chunk (see config.py)
   # 'auto' (per target: 'chunked' on CPU, 'tiered' on GPU/TPU; see
-  # maskrcnn_jax/target.py), 'chunked' or 'tiered'. Same values.
+  # maskrcnn_jax/target.py), 'chunked', 'tiered' or 'dense' (small
+  # canvases; needs the 'direct' mask loss). Same values.
   roi_align_strategy: str = 'auto'
 
 
