@@ -27,8 +27,8 @@ MMDET_CONFIG_ROOT = ('https://github.com/open-mmlab/mmdetection/blob/v3.3.0/'
 NOT_MEASURED = 'not measured (no COCO val / weights in this environment)'
 # The quick start's figures as measured and stated in README.md (a test
 # checks that README.md still says them).
-QUICKSTART = dict(bbox_map=0.483, segm_map=0.474, minutes=16.5, steps=800,
-                  images_per_sec=3.5, load_average=3.3)
+QUICKSTART = dict(bbox_map=0.454, segm_map=0.443, minutes=16.0, steps=800,
+                  images_per_sec=3.6, load_average=None)
 
 
 def backbone_name(config) -> str:
@@ -150,8 +150,11 @@ def render() -> str:
       'Not an MMDetection row: a light Mask R-CNN trained from scratch on the '
       'synthetic shapes set (`maskrcnn_jax.data.synthetic`), the same code at '
       'small sizes, on an easier variant of the set (4 classes, larger and '
-      'fewer shapes). Measured on 2 CPU cores shared with another job '
-      f'(load average {qs["load_average"]}; README.md, "Set-up").',
+      'fewer shapes). ' + (
+          'Measured on 2 otherwise idle CPU cores (README.md, "Set-up").'
+          if qs['load_average'] is None else
+          'Measured on 2 CPU cores shared with another job (load average '
+          f'{qs["load_average"]}; README.md, "Set-up").'),
       '',
       '| config | backbone | classes | input | schedule | bbox mAP | '
       'segm mAP | measured on | train time |',
