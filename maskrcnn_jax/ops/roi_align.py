@@ -580,10 +580,11 @@ def _dense(flat, maps, offsets, geom, lvl, rois_per_image: int,
     mine = (lvl == level)[:, None, None]
     ay = jnp.where(mine, wy[:, :, :h], 0).reshape(bsz, n, output_size, h)
     ax = wx[:, :, :w].reshape(bsz, n, 1, output_size, w)
-    # Both contractions in dot_general's canonical layouts (batch, free,
-    # contracted), so XLA copies nothing: rows (B, n*P, W*C) straight from
-    # the map, then one (P, W) x (W, C) product per (image, RoI, row bin)
-    # with Ax broadcast over the row bins (P*P*W values per RoI).
+    # Both forward contractions in dot_general's canonical layouts (batch,
+    # free, contracted), so the forward copies nothing: rows (B, n*P, W*C)
+    # straight from the map, then one (P, W) x (W, C) product per (image,
+    # RoI, row bin) with Ax broadcast over the row bins (P*P*W values per
+    # RoI). XLA:CPU's autodiff backward still transposes `rows`.
     rows = jnp.einsum('bnpy,byxc->bnpxc', ay, fmap, precision=precision)
     ax = jnp.broadcast_to(ax, (bsz, n, output_size, output_size, w))
     pooled = jnp.einsum('bnpqx,bnpxc->bnpqc', ax, rows, precision=precision)
