@@ -20,14 +20,12 @@ import sys
 import tempfile
 import time
 
-import cv2
 import jax
 
 from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import demo_lib
 from maskrcnn_jax import predictor as predictor_lib
 from maskrcnn_jax import preprocess
-from maskrcnn_jax import visualize
 from maskrcnn_jax.convert import mmdet
 from maskrcnn_jax.testing import fixtures
 
@@ -51,14 +49,8 @@ def main():
   def step():
     image = preprocess.read_image(path)
     det = predictor.predict([image])[0]
-    records = visualize.detections_to_records(
-        os.path.basename(path), det.boxes, det.scores, det.labels, det.masks,
-        det.class_names)
-    drawn = visualize.draw_detections(image[..., ::-1], det.boxes,
-                                      det.scores, det.labels, det.masks,
-                                      det.class_names, 0.3)
-    cv2.imwrite(os.path.join(out_dir, 'scene_landscape.png'),
-                drawn[..., ::-1])
+    records = demo_lib.draw_and_record(
+        path, image, det, os.path.join(out_dir, 'scene_landscape.png'), 0.3)
     demo_lib.write_json_atomic(os.path.join(out_dir, 'predictions.json'),
                                records)
     return len(records)

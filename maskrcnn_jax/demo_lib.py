@@ -48,6 +48,19 @@ def write_json_atomic(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def draw_and_record(path: str, image, det, drawn_path: str,
+                    score_thr: float) -> List[dict]:
+  """Draws one image's detections into drawn_path and returns its
+  prediction records (image: uint8 BGR as read; det: a Detections)."""
+  drawn = visualize.draw_detections(image[..., ::-1], det.boxes, det.scores,
+                                    det.labels, det.masks, det.class_names,
+                                    score_thr)
+  cv2.imwrite(drawn_path, drawn[..., ::-1])
+  return visualize.detections_to_records(
+      os.path.basename(path), det.boxes, det.scores, det.labels, det.masks,
+      det.class_names)
+
+
 def run_demo(config_path: Optional[str], checkpoint: str, input_path: str,
              out_dir: str, score_thr: float = 0.3, batch_size: int = 1,
              dtype: Optional[str] = None,
@@ -99,13 +112,9 @@ def run_demo(config_path: Optional[str], checkpoint: str, input_path: str,
         continue
       for (path, out_name), image, det in zip(batch, images,
                                               predictor.predict(images)):
-        records += visualize.detections_to_records(
-            os.path.basename(path), det.boxes, det.scores, det.labels,
-            det.masks, det.class_names)
-        drawn = visualize.draw_detections(image[..., ::-1], det.boxes,
-                                          det.scores, det.labels, det.masks,
-                                          det.class_names, score_thr)
-        cv2.imwrite(os.path.join(out_dir, out_name), drawn[..., ::-1])
+        records += draw_and_record(path, image, det,
+                                   os.path.join(out_dir, out_name),
+                                   score_thr)
   finally:
     write_json_atomic(predictions_path, records)
   done = len(files) - len(failed)
