@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
       # norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)).
       norm_groups=32,
       backbone=dict(
-          depth=50,            # 50 or 101
+          depth=50,            # 18, 34 (BasicBlock), 50, 101 or 152
           groups=1,            # ResNeXt cardinality; 1 = ResNet
           base_width=4,        # ResNeXt width per group
           style='pytorch',     # 'pytorch': stride on 3x3; 'caffe': on first 1x1

@@ -49,6 +49,10 @@ CACHE_ENV = 'MASKRCNN_CACHE_DIR'
 # which older torchvision releases served; mmengine 0.10 loads the ones
 # below.)
 IMAGENET_URLS = {
+    'torchvision://resnet18':
+        'https://download.pytorch.org/models/resnet18-f37072fd.pth',
+    'torchvision://resnet34':
+        'https://download.pytorch.org/models/resnet34-b627a593.pth',
     'torchvision://resnet50':
         'https://download.pytorch.org/models/resnet50-0676ba61.pth',
     'torchvision://resnet101':

@@ -10,6 +10,7 @@ import ml_collections
 from maskrcnn_jax import target as target_lib
 from maskrcnn_jax.models import mask_rcnn
 from maskrcnn_jax.models import model_config as model_config_lib
+from maskrcnn_jax.models import resnet
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
            'float16': jnp.float16}
@@ -68,9 +69,11 @@ def build_model(config: ml_collections.ConfigDict,
     raise ValueError(f'model.precision must be one of {sorted(_PRECISIONS)},'
                      f' got {m.precision!r}')
   base = m.backbone.base_channels
-  if m.neck.in_channels != tuple(4 * base * 2 ** i for i in range(4)):
+  e = resnet.expansion(m.backbone.depth)
+  if m.neck.in_channels != tuple(e * base * 2 ** i for i in range(4)):
     raise ValueError(f'model.neck.in_channels {m.neck.in_channels} does '
-                     f'not match the backbone (4 * {base} * 2**i)')
+                     f'not match the backbone of depth {m.backbone.depth} '
+                     f'({e} * {base} * 2**i)')
   return mask_rcnn.MaskRCNN(
       num_classes=m.num_classes, backbone_cfg=m.backbone, neck_cfg=m.neck,
       rpn_cfg=m.rpn, roi_cfg=m.roi, nms_strategy=m.nms_strategy,

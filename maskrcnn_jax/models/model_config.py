@@ -17,7 +17,7 @@ T = TypeVar('T')
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
   """`model.backbone`: ResNet / ResNeXt."""
-  depth: int = 50                 # 50 or 101
+  depth: int = 50                 # 18, 34 (BasicBlock), 50, 101, 152
   groups: int = 1                 # ResNeXt cardinality; 1 = ResNet
   base_width: int = 4             # ResNeXt width per group
   style: str = 'pytorch'          # 'pytorch': stride on 3x3; 'caffe': 1x1
