@@ -40,7 +40,6 @@ def get_config():
   c.mmdet.config = ''
   m = c.model
   m.num_classes = 4
-  m.backbone.depth = 18                  # BasicBlocks: 8 blocks, not 16
   m.backbone.base_channels = 16
   m.backbone.frozen_stages = -1          # from scratch: train everything
   m.backbone.norm_requires_grad = True
@@ -49,7 +48,7 @@ def get_config():
   m.neck.norm = 'GN'
   m.roi.norm = 'GN'
   m.norm_groups = 16
-  m.neck.in_channels = (16, 32, 64, 128)
+  m.neck.in_channels = (64, 128, 256, 512)
   m.neck.out_channels = 64
   m.rpn.feat_channels = 64
   m.roi.mask_channels = 64
