@@ -240,6 +240,8 @@ def test_finetuned_checkpoint_evaluates_and_demos_with_no_overrides(
       'data.val_ann': f'{data}/annotations/instances_val.json',
       'data.val_images': f'{data}/val',
       'model.num_classes': 6,  # the generator's default classes
+      'model.backbone.depth': 18,  # another backbone, carried too
+      'model.neck.in_channels': (16, 32, 64, 128),
       'input.test_scale': (128, 96),
       'input.canvases': ((96, 128), (128, 96)),
       'train.scales': ((128, 96),),
@@ -257,6 +259,7 @@ def test_finetuned_checkpoint_evaluates_and_demos_with_no_overrides(
   stored = checkpoint_lib.load_checkpoint_config(final)
   assert tuple(stored.input.canvases) == ((96, 128), (128, 96))
   assert stored.test.score_thr == 0.0
+  assert stored.model.backbone.depth == 18
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
   r = _run_elsewhere(['eval', '--checkpoint', final, '--out-dir', 'metrics',
