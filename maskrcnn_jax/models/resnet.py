@@ -6,6 +6,7 @@ Parameter paths mirror MMDetection: `conv1`, `bn1`, `layer{s}/{b}/conv{k}`,
 `layer{s}/{b}/bn{k}`, `layer{s}/0/downsample/{0,1}`.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -21,6 +22,14 @@ BASIC_BLOCK_DEPTHS = (18, 34)  # MMDetection's ResNet.arch_settings
 def expansion(depth: int) -> int:
   """Output channels per plane of a stage's blocks (BasicBlock 1, else 4)."""
   return 1 if depth in BASIC_BLOCK_DEPTHS else 4
+
+
+def _block_norm(block, name: str, zero: bool = False):
+  """The block's norm layer `name` ('bn2' -> 'gn2' for GroupNorm)."""
+  return layers.norm_layer(block.norm, num_groups=block.num_groups,
+                           eps=block.norm_eps, dtype=block.dtype,
+                           zero_init=zero,
+                           name=layers.norm_name(block.norm, name))
 
 
 class Downsample(nn.Module):
@@ -75,10 +84,7 @@ class Bottleneck(nn.Module):
       width = (self.planes * self.base_width // 64) * self.groups
     s1, s2 = (1, self.stride) if self.style == 'pytorch' else (self.stride, 1)
     kw = dict(dtype=self.dtype, precision=self.precision)
-    bn = lambda name, zero=False: layers.norm_layer(
-        self.norm, num_groups=self.num_groups, eps=self.norm_eps,
-        dtype=self.dtype, zero_init=zero,
-        name=layers.norm_name(self.norm, name))
+    bn = functools.partial(_block_norm, self)
     out_stride = self.in_stride * self.stride
     out = layers.conv(width, 1, s1, name='conv1', **kw)(x)
     out = nn.relu(bn('bn1')(out, pad_hw, self.in_stride * s1))
@@ -116,10 +122,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, pad_hw):
     kw = dict(dtype=self.dtype, precision=self.precision)
-    bn = lambda name, zero=False: layers.norm_layer(
-        self.norm, num_groups=self.num_groups, eps=self.norm_eps,
-        dtype=self.dtype, zero_init=zero,
-        name=layers.norm_name(self.norm, name))
+    bn = functools.partial(_block_norm, self)
     out_stride = self.in_stride * self.stride
     out = layers.conv(self.planes, 3, self.stride, name='conv1', **kw)(x)
     out = nn.relu(bn('bn1')(out, pad_hw, out_stride))
