@@ -44,10 +44,10 @@ _DEFAULTS = {
     # Training compute dtype (losses, box decoding and NMS stay float32).
     # None: the model's own dtype (model.dtype, float32 by default).
     'train_dtype': dict(cpu=None, gpu='bfloat16', tpu='bfloat16'),
-    # Kernel gradient of grouped (ResNeXt) convolutions: 'sliced' (one
-    # matmul per window offset; XLA:CPU's own takes ~100x longer) or 'xla'
-    # (ops/grouped_conv.py).
-    'grouped_conv_kernel_grad': dict(cpu='sliced', gpu='xla', tpu='xla'),
+    # Kernel gradient of grouped (ResNeXt) and 1x1 convolutions: 'sliced'
+    # (one matmul per window offset; XLA:CPU's own takes ~100x longer for
+    # grouped ones, 1.5-3x for 1x1) or 'xla' (ops/grouped_conv.py).
+    'conv_kernel_grad': dict(cpu='sliced', gpu='xla', tpu='xla'),
 }
 
 

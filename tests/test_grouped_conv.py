@@ -14,17 +14,19 @@ from maskrcnn_jax.ops import grouped_conv
 DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
-@pytest.mark.parametrize('stride,groups,cin,cout,hw', [
-    (1, 32, 128, 128, (13, 21)),   # ResNeXt 32x4d layer1 width
-    (2, 32, 64, 128, (17, 23)),    # stride 2 on odd sizes
-    (2, 4, 8, 16, (9, 8)),
+@pytest.mark.parametrize('stride,groups,cin,cout,hw,size', [
+    (1, 32, 128, 128, (13, 21), 3),   # ResNeXt 32x4d layer1 width
+    (2, 32, 64, 128, (17, 23), 3),    # stride 2 on odd sizes
+    (2, 4, 8, 16, (9, 8), 3),
+    (1, 1, 48, 24, (13, 21), 1),      # 1x1: one matmul
+    (2, 1, 16, 40, (17, 23), 1),      # 1x1 stride 2 (downsample) on odd sizes
 ])
-def test_values_and_gradients_equal_lax(stride, groups, cin, cout, hw):
+def test_values_and_gradients_equal_lax(stride, groups, cin, cout, hw, size):
   rng = np.random.default_rng(stride + groups)
   x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((3, 3, cin // groups, cout)),
+  k = jnp.asarray(rng.standard_normal((size, size, cin // groups, cout)),
                   jnp.float32)
-  pad = ((1, 1), (1, 1))
+  pad = ((size // 2, size // 2),) * 2
   prec = lax.Precision.HIGHEST
 
   def ref(x, k):
@@ -47,10 +49,11 @@ def test_values_and_gradients_equal_lax(stride, groups, cin, cout, hw):
   np.testing.assert_allclose(dk / scale, dk_ref / scale, atol=2e-6)
 
 
-def _kernel_grad_hlo(strategy, monkeypatch):
-  monkeypatch.setitem(target_lib._DEFAULTS['grouped_conv_kernel_grad'],
+def _kernel_grad_hlo(strategy, monkeypatch, kernel=3, groups=32):
+  monkeypatch.setitem(target_lib._DEFAULTS['conv_kernel_grad'],
                       'cpu', strategy)
-  conv = layers.conv(64, 3, groups=32, precision=lax.Precision.HIGHEST)
+  conv = layers.conv(64, kernel, groups=groups,
+                     precision=lax.Precision.HIGHEST)
   x = jnp.zeros((1, 16, 16, 64))
   params = conv.init(jax.random.PRNGKey(0), x)
   grad = jax.grad(lambda p: jnp.sum(conv.apply(p, x) ** 2))
@@ -73,6 +76,9 @@ def test_cpu_target_computes_the_kernel_gradient_with_matmuls(monkeypatch):
   assert 'feature_group_count=32' in _convolutions(sliced)[0]
   assert ' dot(' in sliced
   assert len(_convolutions(_kernel_grad_hlo('xla', monkeypatch))) == 2
+  # A 1x1 convolution's kernel gradient becomes a single matmul.
+  assert len(_convolutions(_kernel_grad_hlo('xla', monkeypatch, 1, 1))) == 1
+  assert not _convolutions(_kernel_grad_hlo('sliced', monkeypatch, 1, 1))
   monkeypatch.setenv(target_lib.ENV, 'gpu')
   assert grouped_conv.resolve_strategy() == 'xla'
   with pytest.raises(ValueError, match="'sliced'"):

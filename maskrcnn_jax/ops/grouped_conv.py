@@ -1,4 +1,5 @@
-"""Grouped 2-D convolution whose kernel gradient XLA:CPU computes fast.
+"""Grouped and 1x1 2-D convolutions whose kernel gradient XLA:CPU computes
+fast.
 
 Computes exactly `lax.conv_general_dilated(x, k, strides, padding,
 dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=G)`, the
@@ -19,7 +20,10 @@ matmul each,
 
 (strided slices of the zero-padded input, group as the batch dimension):
 the same products, summed in another order (float32 round-off apart), in
-0.10 s for that layer. Accelerators keep XLA's gradient (`STRATEGIES`:
+0.10 s for that layer. A 1x1 convolution's kernel gradient is then a
+single matmul, (N*H'*W', I)^T (N*H'*W', O): XLA:CPU's own first copies both
+operands into transposed layouts, 1.5-3x slower on 2 cores (R-50 shapes,
+2 to 4 images; the quick start's training step 0.82 -> 0.77 s). Accelerators keep XLA's gradient (`STRATEGIES`:
 'xla'); `resolve_strategy` picks per compilation target.
 """
 
@@ -38,7 +42,7 @@ _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 def resolve_strategy(strategy: str = 'auto') -> str:
   """'xla' or 'sliced'; 'auto' is the compilation target's default."""
-  strategy = target_lib.resolve('grouped_conv_kernel_grad', strategy)
+  strategy = target_lib.resolve('conv_kernel_grad', strategy)
   if strategy not in STRATEGIES:
     raise ValueError(f'grouped conv kernel gradient must be one of '
                      f"{STRATEGIES} or 'auto', got {strategy!r}")
@@ -69,6 +73,12 @@ def kernel_grad(x, kernel_shape: Sequence[int], dy, strides, padding,
   kh, kw, in_per_group, out = kernel_shape
   n, ho, wo, _ = dy.shape
   sy, sx = strides
+  if (kh, kw, groups) == (1, 1, 1) and not any(map(any, padding)):
+    window = x[:, :(ho - 1) * sy + 1:sy, :(wo - 1) * sx + 1:sx]
+    dk = lax.dot_general(window.reshape(-1, in_per_group),
+                         dy.reshape(-1, out), (((0,), (0,)), ((), ())),
+                         precision=precision)
+    return dk.reshape(kernel_shape)
   xpad = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   dy = dy.reshape(n, ho, wo, groups, out // groups)
   taps = []
@@ -97,8 +107,10 @@ grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
 def conv_general_dilated_factory(strategy: str = 'auto'):
   """A `conv_general_dilated` for flax `nn.Conv(conv_general_dilated_cls=)`.
 
-  With 'sliced' (the CPU default), grouped NHWC/HWIO convolutions without
-  dilation take `grouped_conv`; everything else is lax's.
+  With 'sliced' (the CPU default), grouped and 1x1 NHWC/HWIO convolutions
+  without dilation take `grouped_conv` (a 1x1 kernel gradient is then one
+  matmul; XLA:CPU's own transposes both operands first: 1.5-3x slower on
+  2 cores, bench/grouped_conv.py); everything else is lax's.
   """
   strategy = resolve_strategy(strategy)
 
@@ -112,7 +124,9 @@ def conv_general_dilated_factory(strategy: str = 'auto'):
              and lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                             dimension_numbers) ==
              lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMS))
-    if strategy == 'sliced' and feature_group_count > 1 and plain:
+    pointwise = plain and tuple(rhs.shape[:2]) == (1, 1)
+    if strategy == 'sliced' and plain and (feature_group_count > 1 or
+                                           pointwise):
       return grouped_conv(lhs, rhs, tuple(window_strides),
                           tuple(tuple(p) for p in padding),
                           feature_group_count, precision)
