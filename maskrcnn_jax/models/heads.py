@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from maskrcnn_jax.models import layers
+from maskrcnn_jax.ops import grouped_conv
 
 _normal = nn.initializers.normal
 
@@ -105,17 +106,22 @@ class MaskConvs(nn.Module):
 
 
 class ConvTranspose2x2(nn.Module):
-  """PyTorch ConvTranspose2d(k=2, s=2, p=0) as einsum + depth-to-space.
+  """PyTorch ConvTranspose2d(k=2, s=2, p=0) as a 1x1 conv + depth-to-space.
 
   The kernel is (C_in, 2, 2, C_out) (PyTorch [in, out, kh, kw] transposed),
-  y[n, 2i+a, 2j+b, o] = bias[o] + sum_c x[n, i, j, c] * kernel[c, a, b, o].
+  y[n, 2i+a, 2j+b, o] = bias[o] + sum_c x[n, i, j, c] * kernel[c, a, b, o]:
+  a 1x1 convolution to (a, b, o) channels (layers.conv's kernel gradient,
+  one matmul on CPUs), then `depth_to_space`. With `blocked`, the result
+  stays (N, H, W, 2, 2, C_out), so that pointwise ops after it (the mask
+  head's ReLU and 1x1 conv_logits) run before the interleaving copy, on
+  fewer channels.
   """
   features: int
   dtype: Any = jnp.float32
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, blocked: bool = False):
     n, h, w, c = x.shape
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal',
                                             in_axis=(0, 1, 2), out_axis=3)
@@ -123,10 +129,20 @@ class ConvTranspose2x2(nn.Module):
                         jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,),
                       jnp.float32)
-    y = jnp.einsum('nijc,cabo->niajbo', x.astype(self.dtype),
-                   kernel.astype(self.dtype), precision=self.precision)
-    y = y.reshape(n, 2 * h, 2 * w, self.features)
-    return y + bias.astype(self.dtype)
+    conv = grouped_conv.conv_general_dilated_factory()
+    y = conv(x.astype(self.dtype),
+             kernel.reshape(1, 1, c, 4 * self.features).astype(self.dtype),
+             (1, 1), ((0, 0), (0, 0)),
+             dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+             precision=self.precision)
+    y = y.reshape(n, h, w, 2, 2, self.features) + bias.astype(self.dtype)
+    return y if blocked else depth_to_space(y)
+
+
+def depth_to_space(y):
+  """(N, H, W, 2, 2, C) [n, i, j, a, b] -> (N, 2H, 2W, C) [n, 2i+a, 2j+b]."""
+  n, h, w, _, _, c = y.shape
+  return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
 
 
 class FCNMaskHead(nn.Module):
@@ -150,12 +166,18 @@ class FCNMaskHead(nn.Module):
     x = roi_feats.astype(self.dtype)
     x = MaskConvs(self.channels, self.num_convs, self.dtype, self.precision,
                   self.norm, self.num_groups, name='convs')(x)
+    # The deconv's output stays blocked (N, 14, 14, 2, 2, C) through the
+    # pointwise ReLU and 1x1 conv_logits (as (N, 14, 56, C)); only the K
+    # logit channels are interleaved to 28 x 28.
     x = nn.relu(ConvTranspose2x2(self.channels, self.dtype, self.precision,
-                                 name='upsample')(x))
+                                 name='upsample')(x, blocked=True))
+    n, h, w = x.shape[:3]
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+    x = x.reshape(n, h, w * 4, self.channels)
     x = layers.conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
                     precision=self.precision, kernel_init=init,
                     name='conv_logits')(x)
+    x = depth_to_space(x.reshape(n, h, w, 2, 2, self.num_classes))
     return x.astype(jnp.float32)
 
 
