@@ -190,7 +190,7 @@ def test_tiered_gradient_equals_chunked_autodiff():
 
 
 def test_dense_equals_chunked_values_and_gradients():
-  """'dense' (whole-level weights, plain autodiff) gives 'chunked''s values
+  """'dense' (whole-level weights, its own backward) gives 'chunked''s values
   and feature gradients, on both images, every level and the second
   image's smaller valid maps."""
   features, boxes, batch, valid_hw, strides = _random_multilevel_case(40)
