@@ -24,8 +24,9 @@ from maskrcnn_jax.ops import group_norm as group_norm_op
 def plain_group_norm(x, scale, bias, mask, groups, eps=1e-5):
   """Two-pass statistics from per-channel jnp sums, autodiff backward."""
   b, h, w, c = x.shape
-  m = jnp.ones((b, h, w, 1), x.dtype) if mask is None else mask
-  count = jnp.sum(m, axis=(1, 2, 3))[:, None] * (c // groups)
+  m = 1.0 if mask is None else mask
+  count = (h * w if mask is None else
+           jnp.sum(mask, axis=(1, 2, 3))[:, None]) * (c // groups)
 
   def group_total(per_channel):
     sums = per_channel.reshape(b, groups, c // groups).sum(-1)
@@ -71,9 +72,9 @@ def main():
                     ('ops/group_norm', lambda x, s, b, m, g:
                      group_norm_op.group_norm(x, s, b, m, groups=g))]:
       grad = jax.jit(jax.grad(
-          lambda x, s, b, m, f=f: jnp.sum(f(x, s, b, m, groups) * cot),
+          lambda x, s, b, m, cot, f=f: jnp.sum(f(x, s, b, m, groups) * cot),
           argnums=(0, 1, 2)))
-      ms = time_ms(grad, (x, scale, bias, mask), args.iters)
+      ms = time_ms(grad, (x, scale, bias, mask, cot), args.iters)
       row.append(f'{name} {ms:.2f} ms')
     print(f'{shape} {"masked" if masked else "no mask"}: ' + '; '.join(row))
 
