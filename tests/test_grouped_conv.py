@@ -1,4 +1,5 @@
-"""ops/grouped_conv.py: lax's grouped convolution, with a CPU-fast gradient."""
+"""CPU-fast gradients: grouped and 1x1 convolutions (ops/grouped_conv.py),
+the bias add and the stem max-pool (models/layers.py)."""
 
 import flax.linen as nn
 import jax
@@ -96,3 +97,43 @@ def test_flax_conv_with_other_settings_falls_back_to_lax():
   plain = nn.Conv(8, (3, 3), padding='SAME', feature_group_count=4,
                   kernel_dilation=(2, 2))
   np.testing.assert_array_equal(conv.apply(params, x), plain.apply(params, x))
+
+
+def test_add_bias_gradient_is_autodiffs():
+  """layers.add_bias (the mask head deconv's bias): a matrix-vector product
+  for the bias gradient, the same values as autodiff of x + b; no
+  reduce-window in the compiled CPU gradient; no rows at all works too."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(5, 3, 4, 2, 2, 6)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=6), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  ours = jax.jit(jax.grad(lambda x, b: jnp.sum(layers.add_bias(x, b) * cot),
+                          (0, 1)))
+  ref = jax.grad(lambda x, b: jnp.sum((x + b) * cot), (0, 1))
+  for g, want in zip(ours(x, b), ref(x, b)):
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+  assert 'reduce-window' not in ours.lower(x, b).compile().as_text()
+  empty = jnp.zeros((0, 14, 14, 6))
+  np.testing.assert_array_equal(
+      jax.grad(lambda b: jnp.sum(layers.add_bias(empty, b)))(b), np.zeros(6))
+
+
+@pytest.mark.parametrize('shape', [(2, 12, 16, 3), (1, 7, 9, 2)])
+def test_max_pool_gradient_goes_to_the_first_maximum_as_torch(shape):
+  """layers.max_pool_3x3_s2's own backward (nine strided taps): values and
+  gradients of torch's max_pool2d(3, 2, 1), ties included (ReLU zeros and
+  equal maxima: the first in row-major window order takes it)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = np.maximum(rng.normal(size=shape), 0).astype(np.float32)
+  x[0, 0, 0, 0] = x[0, 0, 1, 0] = x[0, 1, 0, 0] = x[0, 1, 1, 0] = 3.0
+  y = layers.max_pool_3x3_s2(jnp.asarray(x))
+  cot = rng.normal(size=y.shape).astype(np.float32)
+  g = jax.jit(jax.grad(lambda v: jnp.sum(layers.max_pool_3x3_s2(v) * cot)))(
+      jnp.asarray(x))
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+  yt = torch.nn.functional.max_pool2d(xt, 3, 2, 1)
+  (yt * torch.from_numpy(cot).permute(0, 3, 1, 2)).sum().backward()
+  np.testing.assert_array_equal(y, yt.detach().permute(0, 2, 3, 1).numpy())
+  np.testing.assert_allclose(g, xt.grad.permute(0, 2, 3, 1).numpy(),
+                             rtol=1e-6, atol=1e-6)

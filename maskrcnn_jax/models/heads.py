@@ -135,7 +135,8 @@ class ConvTranspose2x2(nn.Module):
              (1, 1), ((0, 0), (0, 0)),
              dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
              precision=self.precision)
-    y = y.reshape(n, h, w, 2, 2, self.features) + bias.astype(self.dtype)
+    y = layers.add_bias(y.reshape(n, h, w, 2, 2, self.features),
+                        bias.astype(self.dtype))
     return y if blocked else depth_to_space(y)
 
 

@@ -42,6 +42,30 @@ def mask_padding(x, pad_hw, stride: int):
                    jnp.zeros((), x.dtype))
 
 
+@jax.custom_vjp
+def add_bias(x, bias):
+  """x (..., C) + bias (C,), with the bias gradient as one matrix-vector
+  product: autodiff's reduction over every leading axis becomes a slow
+  reduce-window on XLA:CPU (20 ms of the quick start's step for the mask
+  head's deconv bias)."""
+  return x + bias
+
+
+def _add_bias_fwd(x, bias):
+  return x + bias, None
+
+
+def _add_bias_bwd(_, g):
+  rows = g.reshape(-1, g.shape[-1])
+  ones = jnp.ones((rows.shape[0],), g.dtype)
+  g_bias = jax.lax.dot_general(ones, rows, (((0,), (0,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST)
+  return g, g_bias
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class FrozenBatchNorm(nn.Module):
   """BatchNorm in inference mode (MMDetection `norm_eval=True`).
 
@@ -188,6 +212,50 @@ class ConvModule(nn.Module):
     return x
 
 
+@jax.custom_vjp
 def max_pool_3x3_s2(x):
-  """3x3/2 max-pool with 1-pixel -inf padding (PyTorch MaxPool2d(3, 2, 1))."""
+  """3x3/2 max-pool with 1-pixel -inf padding (PyTorch MaxPool2d(3, 2, 1)).
+
+  x (B, H, W, C) -> (B, ceil(H / 2), ceil(W / 2), C). The gradient goes to
+  the first maximum of each window in row-major order, as PyTorch's and
+  XLA's (select_and_scatter with >=); computed from the nine strided taps
+  of the window (XLA:CPU's select_and_scatter builds an index iota and a
+  variadic reduce-window, ~20 ms of the quick start's step).
+  """
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _pool_taps(x, out_hw):
+  """The 9 (B, Ho, Wo, C) strided views of the -inf padded x, row-major."""
+  ho, wo = out_hw
+  xpad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                 constant_values=-jnp.inf)
+  return [xpad[:, a:a + 2 * ho - 1:2, b:b + 2 * wo - 1:2]
+          for a in range(3) for b in range(3)]
+
+
+def _max_pool_fwd(x):
+  out = max_pool_3x3_s2(x)
+  return out, (x, out)
+
+
+def _max_pool_bwd(residuals, g):
+  x, out = residuals
+  b, h, w, c = x.shape
+  ho, wo = out.shape[1:3]
+  taken = jnp.zeros(out.shape, bool)
+  zero = jnp.zeros((), g.dtype)
+  dx = None
+  for k, tap in enumerate(_pool_taps(x, (ho, wo))):
+    a, col = divmod(k, 3)
+    first = (tap == out) & ~taken
+    taken = taken | first
+    # Back to padded-map positions (a + 2i, col + 2j): interior padding.
+    part = jax.lax.pad(jnp.where(first, g, zero), zero, (
+        (0, 0, 0), (a, h + 2 - a - (2 * ho - 1), 1),
+        (col, w + 2 - col - (2 * wo - 1), 1), (0, 0, 0)))
+    dx = part if dx is None else dx + part
+  return (dx[:, 1:h + 1, 1:w + 1],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
