@@ -11,13 +11,12 @@ layer before ops/group_norm.py).
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import timing
 from maskrcnn_jax.ops import group_norm as group_norm_op
 
 
@@ -36,16 +35,6 @@ def plain_group_norm(x, scale, bias, mask, groups, eps=1e-5):
   d = x - mean[:, None, None, :]
   var = group_total(jnp.sum(jnp.square(d) * m, axis=(1, 2))) / count
   return d * jax.lax.rsqrt(var + eps)[:, None, None, :] * scale + bias
-
-
-def time_ms(fn, args, iters):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
 
 
 def main():
@@ -74,7 +63,8 @@ def main():
       grad = jax.jit(jax.grad(
           lambda x, s, b, m, cot, f=f: jnp.sum(f(x, s, b, m, groups) * cot),
           argnums=(0, 1, 2)))
-      ms = time_ms(grad, (x, scale, bias, mask, cot), args.iters)
+      ms = 1e3 * timing.median_seconds(grad, (x, scale, bias, mask, cot),
+                                        args.iters)
       row.append(f'{name} {ms:.2f} ms')
     print(f'{shape} {"masked" if masked else "no mask"}: ' + '; '.join(row))
 

@@ -8,25 +8,14 @@ prints their largest relative difference.
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import timing
 from maskrcnn_jax.ops import grouped_conv
-
-
-def _time(fn, args, iters):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def main():
@@ -57,7 +46,7 @@ def main():
   for name, fn in (('xla', xla), ('sliced', sliced)):
     fn = jax.jit(fn)
     results[name] = fn(x, k, dy)
-    print(f'{name:7s} {_time(fn, (x, k, dy), args.iters) * 1e3:10.1f} ms')
+    print(f'{name:7s} {timing.median_seconds(fn, (x, k, dy), args.iters) * 1e3:10.1f} ms')
   ref = results['xla']
   diff = jnp.max(jnp.abs(results['sliced'] - ref)) / jnp.max(jnp.abs(ref))
   print(f'largest difference / largest value: {float(diff):.2e}')
