@@ -46,7 +46,7 @@ _DEFAULTS = {
     'train_dtype': dict(cpu=None, gpu='bfloat16', tpu='bfloat16'),
     # Kernel gradient of grouped (ResNeXt) and 1x1 convolutions: 'sliced'
     # (one matmul per window offset; XLA:CPU's own takes ~100x longer for
-    # grouped ones, 1.5-3x for 1x1) or 'xla' (ops/grouped_conv.py).
+    # grouped ones, 1.1-3x for 1x1) or 'xla' (ops/grouped_conv.py).
     'conv_kernel_grad': dict(cpu='sliced', gpu='xla', tpu='xla'),
 }
 

@@ -110,11 +110,11 @@ class ConvTranspose2x2(nn.Module):
 
   The kernel is (C_in, 2, 2, C_out) (PyTorch [in, out, kh, kw] transposed),
   y[n, 2i+a, 2j+b, o] = bias[o] + sum_c x[n, i, j, c] * kernel[c, a, b, o]:
-  a 1x1 convolution to (a, b, o) channels (layers.conv's kernel gradient,
-  one matmul on CPUs), then `depth_to_space`. With `blocked`, the result
-  stays (N, H, W, 2, 2, C_out), so that pointwise ops after it (the mask
-  head's ReLU and 1x1 conv_logits) run before the interleaving copy, on
-  fewer channels.
+  a 1x1 convolution to (a, b, o) channels (on CPUs with ops/grouped_conv.py's
+  one-matmul kernel gradient), then `depth_to_space`. With `blocked`, the
+  result stays (N, H, W, 2, 2, C_out), so that pointwise ops after it (the
+  mask head's ReLU and 1x1 conv_logits) run before the interleaving copy,
+  on fewer channels.
   """
   features: int
   dtype: Any = jnp.float32

@@ -21,10 +21,12 @@ matmul each,
 (strided slices of the zero-padded input, group as the batch dimension):
 the same products, summed in another order (float32 round-off apart), in
 0.10 s for that layer. A 1x1 convolution's kernel gradient is then a
-single matmul, (N*H'*W', I)^T (N*H'*W', O): XLA:CPU's own first copies both
-operands into transposed layouts, 1.5-3x slower on 2 cores (R-50 shapes,
-2 to 4 images; the quick start's training step 0.82 -> 0.77 s). Accelerators keep XLA's gradient (`STRATEGIES`:
-'xla'); `resolve_strategy` picks per compilation target.
+single matmul, (N*H'*W', I)^T (N*H'*W', O), where XLA:CPU's own first
+copies its operands into transposed layouts: forward and backward of one
+1x1 conv 1.1-3x faster on 2 cores (R-50 and quick-start shapes, 2 to 4
+images, measured in isolation), the quick start's step 0.82 -> 0.77 s.
+Accelerators keep XLA's gradient (`STRATEGIES`: 'xla'); `resolve_strategy`
+picks per compilation target.
 """
 
 import functools
@@ -109,8 +111,7 @@ def conv_general_dilated_factory(strategy: str = 'auto'):
 
   With 'sliced' (the CPU default), grouped and 1x1 NHWC/HWIO convolutions
   without dilation take `grouped_conv` (a 1x1 kernel gradient is then one
-  matmul; XLA:CPU's own transposes both operands first: 1.5-3x slower on
-  2 cores, bench/grouped_conv.py); everything else is lax's.
+  matmul, see above); everything else is lax's.
   """
   strategy = resolve_strategy(strategy)
 
